@@ -1,0 +1,118 @@
+"""The named datasets mtkd knows, where each is found, and `load_dataset` for all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from mtkd.data import sources
+from mtkd.data.base import Dataset, carve_validation
+from mtkd.data.folder import load_image_folder
+from mtkd.errors import MtkdError
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    summary: str
+    classes: int
+    sizes: str
+    hflip: bool
+    read: Callable
+    locate: Callable[[Path | None], str | None]  # where it is on disk, None when it is not
+
+
+def _torchvision_entry(name: str, summary: str, classes: int, sizes: str, hflip: bool) -> DatasetEntry:
+    def locate(data_dir: Path | None) -> str | None:
+        return str(sources.torchvision_root(data_dir)) if sources.torchvision_present(name, data_dir) else None
+
+    return DatasetEntry(name, summary, classes, sizes, hflip, partial(sources.read_torchvision, name), locate)
+
+
+def _locate_animal_mnist(data_dir: Path | None) -> str | None:
+    files = sources.animal_mnist_files()
+    return str(files[0].parent) if files else None
+
+
+def _locate_fashion_mnist(data_dir: Path | None) -> str | None:
+    folder = sources.fashion_mnist_dir(data_dir)
+    return str(folder) if folder else None
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    e.name: e
+    for e in [
+        DatasetEntry(
+            "animal-mnist", "animal silhouettes, 28x28 grey (duplicates removed, 80/20 saved split)", 10,
+            "7772 train / 1944 test", True, sources.read_animal_mnist,
+            _locate_animal_mnist,
+        ),
+        DatasetEntry(
+            "fashion-mnist", "Zalando clothing, 28x28 grey, official split", 10, "60000 train / 10000 test",
+            True, sources.read_fashion_mnist, _locate_fashion_mnist,
+        ),
+        DatasetEntry(
+            "digits", "scikit-learn handwritten digits, 8x8 grey (for fast tests)", 10, "1347 train / 450 test",
+            False, sources.read_digits, lambda d: "scikit-learn",
+        ),
+        _torchvision_entry("cifar10", "CIFAR-10, 32x32 colour", 10, "50000 train / 10000 test", True),
+        _torchvision_entry("cifar100", "CIFAR-100, 32x32 colour", 100, "50000 train / 10000 test", True),
+        _torchvision_entry("svhn", "street-view house numbers, 32x32 colour", 10, "73257 train / 26032 test", False),
+        _torchvision_entry("stl10", "STL-10 labelled part, 96x96 colour", 10, "5000 train / 8000 test", True),
+    ]
+}  # fmt: skip
+
+
+def load_dataset(
+    name: str,
+    data_dir: Path | str | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    download: bool = True,
+    image_size: int | None = None,
+) -> Dataset:
+    """Load a named dataset or `folder:PATH` into memory with train / val / test splits.
+
+    The validation split is carved from train (stratified, seeded by `split_seed`) unless
+    the source has its own; the test split is never touched by training.
+    """
+    data_dir = Path(data_dir) if data_dir else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise MtkdError(f"data directory not found: {data_dir}")
+    if name.startswith("folder:"):
+        root = Path(name.removeprefix("folder:")).expanduser()
+        classes, splits = load_image_folder(root, image_size)
+        source, hflip = f"image folder {root}", True
+        if "test" not in splits:  # val/ only: it is the held-out split; validation comes from train
+            splits["test"] = splits.pop("val")
+    elif name in DATASETS:
+        entry = DATASETS[name]
+        classes, splits, source = entry.read(data_dir, download)
+        hflip = entry.hflip
+    else:
+        raise MtkdError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or folder:PATH)")
+    if "val" not in splits:
+        splits["train"], splits["val"] = carve_validation(splits["train"], val_fraction, split_seed)
+    return Dataset(name, classes, splits["train"], splits["val"], splits["test"], hflip, source)
+
+
+def describe_datasets(data_dir: Path | None = None) -> list[dict]:
+    """One row per known dataset: what it is and whether it is available here."""
+    rows = []
+    for entry in DATASETS.values():
+        where = entry.locate(data_dir)
+        online = entry.name in sources.TORCHVISION_SETS or entry.name == "fashion-mnist"
+        rows.append(
+            {
+                "name": entry.name,
+                "classes": entry.classes,
+                "sizes": entry.sizes,
+                "summary": entry.summary,
+                "available": where is not None,
+                "where": where or ("downloads when online" if online else "not installed"),
+            }
+        )
+    return rows
+

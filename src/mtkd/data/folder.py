@@ -1,0 +1,66 @@
+"""Image-folder datasets: ROOT/train/<class>/*.png with ROOT/val/ and/or ROOT/test/ beside it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from mtkd.data.base import ImageSet
+from mtkd.data.images import IMAGE_SUFFIXES, image_to_tensor, is_grey, open_image
+from mtkd.errors import MtkdError
+
+
+def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+    classes = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise MtkdError(f"no class folders in {split_dir}")
+    files = {}
+    for cls in classes:
+        found = sorted(p for p in cls.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise MtkdError(f"class folder has no images: {cls}")
+        files[cls.name] = found
+    return files
+
+
+def find_splits(root: Path) -> dict[str, Path]:
+    """Which of train/val/test exist under root; train and one of val/test are required."""
+    if not root.is_dir():
+        raise MtkdError(f"image folder not found: {root}")
+    splits = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
+    if "train" not in splits or not ({"val", "test"} & splits.keys()):
+        raise MtkdError(f"image folder {root} needs a train/ folder and a val/ or test/ folder of class subfolders")
+    return splits
+
+
+def load_image_folder(root: Path, image_size: int | None) -> tuple[list[str], dict[str, ImageSet]]:
+    """Decode every image once into memory. Grey if every image is grey, else RGB.
+
+    Images are resized to `image_size` squared, or to the most common size in train/ when unset.
+    """
+    splits = find_splits(root)
+    per_split = {name: _class_files(path) for name, path in splits.items()}
+    classes = list(per_split["train"])
+    for name, files in per_split.items():
+        if list(files) != classes:
+            raise MtkdError(f"class folders of {splits[name]} differ from those of {splits['train']}")
+    decoded = {
+        name: [(open_image(p), y) for y, cls in enumerate(classes) for p in files[cls]]
+        for name, files in per_split.items()
+    }
+    channels = 1 if all(is_grey(img) for items in decoded.values() for img, _ in items) else 3
+    if image_size:
+        size = (image_size, image_size)
+    else:
+        (w, h), _ = Counter(img.size for img, _ in decoded["train"]).most_common(1)[0]
+        size = (h, w)
+    sets = {
+        name: ImageSet(
+            torch.stack([image_to_tensor(img, channels, size) for img, _ in items]),
+            torch.tensor([y for _, y in items]),
+        )
+        for name, items in decoded.items()
+    }
+    return classes, sets
