@@ -39,4 +39,4 @@ def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int]) -> t
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(np.array(arr, copy=True, order="C"))

@@ -1,0 +1,1 @@
+"""The `mtkd` command line."""

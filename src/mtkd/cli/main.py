@@ -1,0 +1,226 @@
+"""`mtkd`: datasets, models, teacher fit, train, evaluate, predict, export, summary.
+
+Every config option is a flag (`--optim.lr 0.05`), and `--set optim.lr=0.05` does the same;
+a few common ones have short aliases (`--dataset`, `--model`, `--epochs`, ...). Problems with
+the input print one line and exit with status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mtkd.errors import MtkdError
+
+ALIASES = {
+    "train": {
+        "--dataset": "data.name", "--data-dir": "data.data_dir", "--model": "model.name",
+        "--epochs": "schedule.epochs", "--lr": "optim.lr", "--batch-size": "train.batch_size",
+        "--seed": "train.seed", "--device": "train.device", "--out": "output.dir",
+    },
+    "teacher fit": {
+        "--dataset": "data.name", "--data-dir": "data.data_dir", "--teacher": "teacher.name",
+        "--mode": "adapt.mode", "--head": "teacher.head", "--input-size": "teacher.input_size",
+        "--epochs": "schedule.epochs", "--lr": "optim.lr", "--batch-size": "train.batch_size",
+        "--seed": "train.seed", "--device": "train.device", "--out": "output.dir",
+    },
+}  # fmt: skip
+
+out = Console(width=None if sys.stdout.isatty() else 150)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, model: type, aliases: dict[str, str]) -> None:
+    from mtkd.engine.config import leaf_fields
+
+    parser.add_argument("--config", "-c", help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in the output folder")
+    group = parser.add_argument_group("config options (also settable in YAML)")
+    for key, info in leaf_fields(model).items():
+        names = [f"--{key}"] + [a for a, target in aliases.items() if target == key]
+        default = info.default if info.default_factory is None else info.default_factory()
+        group.add_argument(
+            *names, dest=f"cfg:{key}", default=argparse.SUPPRESS, metavar="V",
+            help=f"{info.description or ''} (default: {default})".strip(),
+        )  # fmt: skip
+
+
+def _config_from_args(model: type, args: argparse.Namespace):  # noqa: ANN202
+    from mtkd.engine.config import build_config, parse_value
+
+    overrides = {k[4:]: parse_value(v) for k, v in vars(args).items() if k.startswith("cfg:")}
+    # Paths and names stay strings even when they look like numbers.
+    for key in ("data.name", "model.name", "teacher.name", "output.dir", "data.data_dir", "teacher.pretrained"):
+        if key in overrides and overrides[key] is not None:
+            overrides[key] = str(vars(args)[f"cfg:{key}"])
+    return build_config(model, args.config, overrides, args.set)
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from mtkd.data import describe_datasets
+
+    table = Table(title="datasets (also: folder:PATH with train/ and val/ or test/ class folders)")
+    for col in ("name", "classes", "sizes", "available", "where", "summary"):
+        table.add_column(col)
+    for row in describe_datasets(Path(args.data_dir) if args.data_dir else None):
+        table.add_row(
+            row["name"], str(row["classes"]), row["sizes"], "yes" if row["available"] else "no", row["where"], row["summary"]
+        )
+    out.print(table)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from mtkd.models.catalog import describe_students, describe_teachers
+
+    teachers = Table(title="teachers: ImageNet-pretrained (any timm or torchvision classifier by name)")
+    for col in ("name", "library", "params", "input", "weights", "offline"):
+        teachers.add_column(col)
+    for row in describe_teachers():
+        teachers.add_row(row["name"], row["library"], row["params"], row["input"], row["weights"], row["offline"])
+    out.print(teachers)
+    students = Table(title="students: trained from scratch (also any timm model by name)")
+    for col in ("name", "params (10 classes, grey)", "description"):
+        students.add_column(col)
+    for row in describe_students():
+        students.add_row(row["name"], f"{row['params']:,}", row["description"])
+    out.print(students)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from mtkd.engine.config import TrainConfig
+    from mtkd.engine.run import run_train
+
+    run_train(_config_from_args(TrainConfig, args), resume=args.resume)
+
+
+def cmd_teacher_fit(args: argparse.Namespace) -> None:
+    from mtkd.engine.config import TeacherFitConfig
+    from mtkd.engine.run import run_teacher_fit
+
+    run_teacher_fit(_config_from_args(TeacherFitConfig, args), resume=args.resume)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mtkd.engine.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.device)
+    out.print(f"{report['checkpoint']} on {args.split} ({report['count']} images): "
+              f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")  # fmt: skip
+    classes = list(report["per_class"])
+    table = Table(title="per-class accuracy and confusion matrix (rows: true, columns: predicted)")
+    table.add_column("class")
+    table.add_column("acc")
+    for i in range(len(classes)):
+        table.add_column(str(i), justify="right")
+    for i, name in enumerate(classes):
+        table.add_row(f"{i} {name}", f"{report['per_class'][name]:.3f}", *[str(v) for v in report["confusion"][i]])
+    out.print(table)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from mtkd.engine.evaluate import predict_files
+
+    for row in predict_files(args.checkpoint, args.images, args.device, args.top_k):
+        best = ", ".join(f"{name} {p:.3f}" for name, p in row["top"])
+        out.print(f"{row['file']}: {best}", highlight=False)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mtkd.engine.export import export_onnx
+
+    info = export_onnx(args.checkpoint, args.out, args.opset)
+    out.print(f"wrote {info['path']} (input float [N,{info['input'][1]},{info['input'][2]},{info['input'][3]}] "
+              f"in [0,1]); onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e}")  # fmt: skip
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from mtkd.io import read_json
+
+    table = Table(title=f"runs under {args.folder}")
+    for col in ("run", "kind", "model", "dataset", "params", "MACs", "best epoch", "val acc", "test acc", "test acc (last)"):
+        table.add_column(col)
+    found = sorted(Path(args.folder).rglob("summary.json"))
+    if not found:
+        raise MtkdError(f"no finished runs (summary.json) under {args.folder}")
+    for path in found:
+        s = read_json(path)
+        table.add_row(
+            str(path.parent), s["kind"], s["name"], s["dataset"], f"{s['params']:,}", f"{s['macs']:,}",
+            str(s["best_epoch"]), f"{s['val_acc']:.4f}", f"{s['test_acc']:.4f}", f"{s['test_acc_last']:.4f}",
+        )  # fmt: skip
+    out.print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mtkd import __version__
+    from mtkd.engine.config import TeacherFitConfig, TrainConfig
+
+    parser = argparse.ArgumentParser(prog="mtkd", description="Multi-teacher knowledge transfer for small image classifiers.")
+    parser.add_argument("--version", action="version", version=f"mtkd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list the datasets and whether they are available here")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("models", help="list teachers and students")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a student")
+    _add_config_flags(p, TrainConfig, ALIASES["train"])
+    p.set_defaults(func=cmd_train)
+
+    teacher = sub.add_parser("teacher", help="adapt pretrained teachers to a dataset")
+    tsub = teacher.add_subparsers(dest="teacher_command", required=True)
+    p = tsub.add_parser("fit", help="adapt a teacher: new head on a frozen backbone (probe) or fine-tuning")
+    _add_config_flags(p, TeacherFitConfig, ALIASES["teacher fit"])
+    p.set_defaults(func=cmd_teacher_fit)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")
+    p.add_argument("checkpoint", help="run folder, or a .json/.safetensors checkpoint")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files with a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, checked with onnxruntime")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("summary", help="table of the finished runs under a folder")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except MtkdError as exc:
+        if debug:
+            raise
+        print(f"mtkd: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("mtkd: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Batch transforms and models rebuilt from checkpoint metadata."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+from torch import nn
+
+from mtkd.data.batches import Normalize, random_crop_flip
+from mtkd.engine.checkpoint import load_weights, read_meta
+from mtkd.engine.trainer import Transform
+from mtkd.errors import MtkdError
+from mtkd.models.teachers import TeacherNet, TeacherSpec
+from mtkd.models.zoo import create_student
+
+
+def image_transform(normalize: nn.Module | None, padding: int = 0, hflip: bool = False) -> Transform:
+    """uint8 batches -> model inputs; random crop and flip only while training.
+
+    With `normalize` the output is normalised with the dataset's statistics (students); without,
+    it is in [0, 1] (teachers, which normalise for themselves).
+    """
+
+    def transform(x: torch.Tensor, training: bool, gen: torch.Generator | None) -> torch.Tensor:
+        if training and (padding or hflip):
+            x = random_crop_flip(x, padding, hflip, gen)
+        return normalize(x) if normalize is not None else x.float() / 255.0
+
+    return transform
+
+
+def build_model(meta: dict) -> nn.Module:
+    """The architecture a checkpoint describes, with random weights."""
+    spec, data = meta["model"], meta["data"]
+    if meta["kind"] == "student":
+        return create_student(spec["name"], len(data["classes"]), data["channels"])
+    if meta["kind"] == "teacher":
+        known = {f.name for f in fields(TeacherSpec)}
+        return TeacherNet(TeacherSpec(**{k: v for k, v in spec.items() if k in known} | {"pretrained": "none"}))
+    raise MtkdError(f"unknown checkpoint kind '{meta['kind']}'")
+
+
+def load_model(path: str, device: torch.device) -> tuple[nn.Module, dict, Transform]:
+    """(model with its trained weights in eval mode, checkpoint metadata, evaluation transform)."""
+    meta = read_meta(path)
+    model = build_model(meta)
+    weights = load_weights(meta)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise MtkdError(f"checkpoint {meta['_path']} does not fit {meta['model']['name']}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    normalize = Normalize(meta["data"]["mean"], meta["data"]["std"]).to(device) if meta["kind"] == "student" else None
+    return model, meta, image_transform(normalize)

@@ -1,0 +1,117 @@
+"""Checkpoints: weights as safetensors, a JSON of what they are, and a resume state.
+
+`<tag>.safetensors` holds the model's tensors; `<tag>.json` records the model spec, the
+data it was trained on, the config, versions, git commit, metrics and the SHA-256 of every
+file of the checkpoint. The JSON is written last, so a checkpoint is complete exactly when
+its JSON exists and the hashes match. `<tag>.state.pt` (optimizer, scheduler, RNG) is read
+with `weights_only=True`: loading never runs code from a file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import mtkd
+from mtkd.errors import MtkdError
+from mtkd.io import atomic_path, git_commit, read_json, sha256_file, write_json
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {
+        "mtkd": mtkd.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(
+    folder: Path, tag: str, model: nn.Module, meta: dict[str, Any], train_state: dict | None = None
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    weights = folder / f"{tag}.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    files["weights"] = {"name": weights.name, "sha256": sha256_file(weights)}
+    if train_state is not None:
+        state_path = folder / f"{tag}.state.pt"
+        with atomic_path(state_path) as tmp:
+            torch.save(train_state, tmp)
+        files["state"] = {"name": state_path.name, "sha256": sha256_file(state_path)}
+    record = {
+        **meta,
+        "files": files,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    write_json(folder / f"{tag}.json", record)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The JSON of a checkpoint given a run folder (its best), a .json or a .safetensors path."""
+    path = Path(path)
+    if path.is_dir():
+        for tag in ("best", "last"):
+            if (path / f"{tag}.json").is_file():
+                return path / f"{tag}.json"
+        raise MtkdError(f"no checkpoint (best.json or last.json) in {path}")
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if not path.is_file():
+        raise MtkdError(f"checkpoint not found: {path}")
+    return path
+
+
+def read_meta(path: str | Path) -> dict:
+    json_path = resolve_checkpoint(path)
+    try:
+        meta = read_json(json_path)
+    except (ValueError, OSError) as exc:
+        raise MtkdError(f"checkpoint metadata {json_path} is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or "files" not in meta or "kind" not in meta:
+        raise MtkdError(f"{json_path} is not an mtkd checkpoint")
+    meta["_path"] = str(json_path)
+    return meta
+
+
+def _verified(folder: Path, entry: dict) -> Path:
+    path = folder / entry["name"]
+    if not path.is_file():
+        raise MtkdError(f"checkpoint file missing: {path}")
+    if sha256_file(path) != entry["sha256"]:
+        raise MtkdError(f"checkpoint file is corrupt or truncated (hash mismatch): {path}")
+    return path
+
+
+def load_weights(meta: dict) -> dict[str, torch.Tensor]:
+    folder = Path(meta["_path"]).parent
+    path = _verified(folder, meta["files"]["weights"])
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise MtkdError(f"cannot read checkpoint weights {path}: {exc}") from None
+
+
+def load_train_state(meta: dict) -> dict:
+    folder = Path(meta["_path"]).parent
+    if "state" not in meta["files"]:
+        raise MtkdError(f"{meta['_path']} has no training state to resume from")
+    path = _verified(folder, meta["files"]["state"])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling refusals and corrupt files alike
+        raise MtkdError(f"cannot read training state {path}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,222 @@
+"""Run configuration: pydantic models, YAML files, dotted overrides and their one-line errors.
+
+A config is built in layers: the command's defaults, then a YAML file, then `--section.key`
+flags and `--set section.key=value` overrides. Every layer is checked against the schema;
+an unknown key or a bad value raises MtkdError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mtkd.errors import MtkdError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(Section):
+    name: str = Field("digits", description="dataset name (mtkd datasets) or folder:PATH")
+    data_dir: Path | None = Field(None, description="folder with the dataset's files")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="part of train held out for validation")
+    split_seed: int = Field(0, ge=0, description="seed of the validation split")
+    download: bool = Field(True, description="download torchvision datasets when missing")
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize image-folder datasets to this")
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+
+
+class ScheduleConfig(Section):
+    epochs: int = Field(30, ge=1, le=100_000)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, then cosine decay")
+    min_lr: float = Field(0.0, ge=0)
+
+
+class LoopConfig(Section):
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    crop_padding: int = Field(2, ge=0, le=64, description="random crop after this much zero padding")
+    hflip: Literal["auto", "on", "off"] = Field("auto", description="auto: where the dataset allows it")
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+
+
+class OutputConfig(Section):
+    dir: Path = Path("runs/train")
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class StudentConfig(Section):
+    name: str = Field("cnn_small", description="mtkd student (mtkd models) or a timm model")
+
+
+class TeacherConfig(Section):
+    name: str = Field("mobilenet_v2", description="torchvision or timm ImageNet model (mtkd models)")
+    pretrained: str = Field("auto", description="auto | offline | hub | none | path to a weights file")
+    input_size: int | None = Field(None, ge=16, le=1024, description="teacher input size (default: its own)")
+    head: Literal["gap", "flatten"] = Field("gap", description="global average pooling + linear, or flatten + FC")
+    head_hidden: list[int] = Field(default_factory=list, description="hidden FC widths of the flatten head")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("head_hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError("hidden widths must be >= 1")
+        return v
+
+
+class AdaptConfig(Section):
+    mode: Literal["probe", "finetune"] = Field("probe", description="probe: frozen backbone; finetune: all layers")
+    freeze: list[str] = Field(default_factory=list, description="finetune: module path prefixes kept frozen")
+    backbone_lr_scale: float = Field(0.1, ge=0, le=1, description="finetune: backbone lr = lr * this")
+    feature_batch_size: int = Field(128, ge=1, description="probe: batch size of the one feature pass")
+
+
+class TrainConfig(Section):
+    """`mtkd train`: a student on a dataset."""
+
+    data: DataConfig = DataConfig()
+    model: StudentConfig = StudentConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: LoopConfig = LoopConfig()
+    output: OutputConfig = OutputConfig()
+
+
+class TeacherFitConfig(Section):
+    """`mtkd teacher fit`: adapt an ImageNet teacher to a dataset."""
+
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4)
+    schedule: ScheduleConfig = ScheduleConfig(epochs=30, warmup_epochs=0)
+    train: LoopConfig = LoopConfig()
+    output: OutputConfig = OutputConfig(dir=Path("runs/teacher"))
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> pydantic FieldInfo for every leaf option of a config model."""
+    leaves = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            leaves.update(leaf_fields(ann, f"{prefix}{name}."))
+        else:
+            leaves[f"{prefix}{name}"] = info
+    return leaves
+
+
+def _allowed_keys(model: type[BaseModel], parts: list[str]) -> list[str]:
+    for part in parts:
+        ann = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_error(model: type[BaseModel], err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return f"unknown config key '{key}' (allowed here: {', '.join(allowed)})"
+    given = first.get("input")
+    msg = first["msg"]
+    msg = msg.replace("Input should be", "must be").replace("Value error, ", "")
+    return f"bad value for '{key}': {msg} (got {given!r})"
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it (numbers, booleans, lists, null)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MtkdError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MtkdError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise MtkdError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def build_config(
+    model: type[Section],
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    base: dict | None = None,
+) -> Section:
+    """Defaults (or `base`), then the YAML file, then dotted overrides, validated once at the end."""
+    tree = base if base is not None else model().model_dump(mode="json")
+    if yaml_path is not None:
+        tree = _merge(tree, read_yaml(yaml_path))
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    for item in sets or []:
+        if "=" not in item:
+            raise MtkdError(f"--set takes key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        if key.strip() not in leaf_fields(model):
+            parts = key.strip().split(".")
+            allowed = _allowed_keys(model, parts[:-1]) or list(model.model_fields)
+            raise MtkdError(f"unknown config key '{key.strip()}' (allowed here: {', '.join(allowed)})")
+        set_dotted(tree, key.strip(), parse_value(text))
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise MtkdError(_format_error(model, err)) from None
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,64 @@
+"""`mtkd evaluate` and `mtkd predict`: accuracy reports and predictions from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from mtkd.data.images import image_to_tensor, open_image
+from mtkd.engine.builders import load_model
+from mtkd.engine.device import pick_device
+from mtkd.engine.run import open_dataset
+from mtkd.engine.config import DataConfig
+from mtkd.engine.trainer import predict
+from mtkd.io import write_json
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Top-1, top-5, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    n = len(classes)
+    top1 = MulticlassAccuracy(num_classes=n, average="micro")(logits, labels).item()
+    top5 = MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro")(logits, labels).item()
+    per_class = MulticlassAccuracy(num_classes=n, average="none")(logits, labels).tolist()
+    confusion = MulticlassConfusionMatrix(num_classes=n)(logits, labels).tolist()
+    return {
+        "top1": top1,
+        "top5": top5,
+        "per_class": dict(zip(classes, per_class, strict=True)),
+        "confusion": confusion,
+        "count": len(labels),
+    }
+
+
+def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", batch_size: int = 512) -> dict:
+    dev = pick_device(device)
+    model, meta, transform = load_model(path, dev)
+    data_cfg = DataConfig(**meta["config"]["data"])
+    dataset = open_dataset(data_cfg)
+    if dataset.classes != meta["data"]["classes"]:
+        from mtkd.errors import MtkdError
+
+        raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
+    images = dataset.split(split)
+    logits = predict(model, images.images, transform, batch_size, dev)
+    report = {"checkpoint": meta["_path"], "split": split, **classification_report(logits, images.labels, dataset.classes)}
+    write_json(Path(meta["_path"]).parent / f"eval-{Path(meta['_path']).stem}-{split}.json", report)
+    return report
+
+
+def predict_files(path: str, files: list[str], device: str = "auto", top_k: int = 3) -> list[dict]:
+    dev = pick_device(device)
+    model, meta, transform = load_model(path, dev)
+    data = meta["data"]
+    size = tuple(data["image_size"])
+    batch = torch.stack([image_to_tensor(open_image(f), data["channels"], size) for f in files]).to(dev)
+    with torch.inference_mode():
+        probs = model(transform(batch, False, None)).float().softmax(1).cpu()
+    k = min(top_k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [
+        {"file": f, "top": [(data["classes"][i], float(v)) for v, i in zip(vals, idx, strict=True)]}
+        for f, vals, idx in zip(files, values.tolist(), indices.tolist(), strict=True)
+    ]

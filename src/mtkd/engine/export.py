@@ -1,0 +1,60 @@
+"""`mtkd export`: a trained model as ONNX, checked against PyTorch with onnxruntime.
+
+The exported graph takes float images in [0, 1] ([N, C, H, W]) and includes the input
+normalisation, so a deployment only scales pixels to [0, 1].
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtkd.engine.builders import load_model
+from mtkd.errors import MtkdError
+from mtkd.io import atomic_path
+
+
+class _Deployable(nn.Module):
+    def __init__(self, model: nn.Module, mean: list[float] | None, std: list[float] | None):
+        super().__init__()
+        self.model = model
+        self.normalise = mean is not None
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std if self.normalise else images
+        return self.model(x)
+
+
+def export_onnx(checkpoint: str, out: str | Path, opset: int = 17, atol: float = 1e-4) -> dict:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MtkdError("export needs onnx and onnxruntime: pip install 'mtkd[export]'") from None
+    model, meta, _ = load_model(checkpoint, torch.device("cpu"))
+    data = meta["data"]
+    student = meta["kind"] == "student"
+    wrapped = _Deployable(model, data["mean"] if student else None, data["std"] if student else None).eval()
+    c, (h, w) = data["channels"], data["image_size"]
+    example = torch.rand(4, c, h, w, generator=torch.Generator().manual_seed(0))
+    out = Path(out)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapped, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+        )  # fmt: skip
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {"images": example.numpy()})[0]
+        with torch.inference_mode():
+            torch_out = wrapped(example).numpy()
+        diff = float(np.abs(onnx_out - torch_out).max())
+        if diff > atol:
+            raise MtkdError(f"ONNX outputs differ from PyTorch by {diff:.2e} (> {atol:.0e}); not written")
+    return {"path": str(out), "max_abs_diff": diff, "input": [None, c, h, w], "classes": data["classes"]}

@@ -1,0 +1,199 @@
+"""`mtkd train` and `mtkd teacher fit`: a run from its config to its checkpoints and summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from rich.markup import escape
+from torch import nn
+
+from mtkd.data import Dataset, load_dataset
+from mtkd.data.batches import Normalize, batch_indices
+from mtkd.engine.builders import image_transform
+from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
+from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
+from mtkd.engine.device import pick_device, set_threads
+from mtkd.engine.logger import make_progress, say
+from mtkd.engine.trainer import FitData, Trainer, Transform, predict
+from mtkd.errors import MtkdError
+from mtkd.io import atomic_write, write_json
+from mtkd.models.cost import count_macs, count_params
+from mtkd.models.teachers import TeacherNet, TeacherSpec
+from mtkd.models.zoo import create_student
+
+
+def open_dataset(cfg: DataConfig) -> Dataset:
+    return load_dataset(cfg.name, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.download, cfg.image_size)
+
+
+def _prepare_folder(folder: Path, resume: bool, config_yaml: str) -> None:
+    """Refuse to overwrite a run; with resume, require one."""
+    has_run = (folder / "last.json").is_file()
+    if resume and not has_run:
+        raise MtkdError(f"nothing to resume in {folder} (no last.json)")
+    if not resume and has_run:
+        raise MtkdError(f"{folder} already holds a run: pass --resume to continue it, or another --output.dir")
+    if not resume:
+        atomic_write(folder / "config.yaml", config_yaml)
+
+
+def _hflip(setting: str, dataset: Dataset) -> bool:
+    return dataset.hflip if setting == "auto" else setting == "on"
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def _finish(
+    trainer: Trainer, model: nn.Module, eval_model: nn.Module, dataset: Dataset, transform: Transform,
+    meta: dict, result: dict, started: float, device: torch.device,
+) -> dict:  # fmt: skip
+    """Test accuracy of the final and the best-on-validation weights; written into best.json and summary.json."""
+    folder = trainer.folder
+    batch = trainer.loop.eval_batch_size
+    test = dataset.test
+    last_test = _accuracy(predict(eval_model, test.images, transform, batch, device), test.labels)
+    best_meta = read_meta(folder / "best.json")
+    model.load_state_dict(load_weights(best_meta))
+    best_val = _accuracy(predict(eval_model, dataset.val.images, transform, batch, device), dataset.val.labels)
+    best_test = _accuracy(predict(eval_model, test.images, transform, batch, device), test.labels)
+    c, h, w = dataset.channels, *dataset.image_size
+    report = {
+        "kind": meta["kind"],
+        "name": meta["model"]["name"],
+        "dataset": dataset.name,
+        "params": count_params(model),
+        "macs": count_macs(eval_model, (c, h, w)),
+        "best_epoch": result["best"]["epoch"],
+        "val_acc": best_val,
+        "test_acc": best_test,
+        "test_acc_last": last_test,
+        "epochs": trainer.schedule.epochs,
+        "seconds": round(time.time() - started, 1),
+    }
+    save_checkpoint(folder, "best", model, {**best_meta_clean(best_meta), "report": report})
+    write_json(folder / "summary.json", report)
+    say(
+        f"[bold]{report['name']}[/bold] on {dataset.name}: test acc {best_test:.4f} (best val epoch "
+        f"{report['best_epoch']}), {last_test:.4f} (last epoch); {report['params']:,} params, "
+        f"{report['macs']:,} MACs; saved in {folder}"
+    )
+    return report
+
+
+def best_meta_clean(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k not in ("files", "versions", "git_commit", "saved_at", "_path")}
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train a student alone (cross-entropy) and report its accuracies."""
+    started = time.time()
+    folder = Path(cfg.output.dir)
+    _prepare_folder(folder, resume, to_yaml(cfg))
+    set_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    dataset = open_dataset(cfg.data)
+    _seeded(cfg.train.seed)
+    student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
+    normalize = Normalize(dataset.mean, dataset.std).to(device)
+    transform = image_transform(normalize, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
+    meta = {
+        "kind": "student",
+        "model": {"name": cfg.model.name},
+        "data": dataset.meta(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
+    say(f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {device}")
+    groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
+    trainer = Trainer(student, data, transform, groups, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device)
+    if resume:
+        trainer.resume()
+    result = trainer.fit()
+    return _finish(trainer, student, student, dataset, transform, meta, result, started, device)
+
+
+@torch.inference_mode()
+def _extract(teacher: TeacherNet, images: torch.Tensor, batch_size: int, pooled: bool, device: torch.device, label: str) -> torch.Tensor:
+    """The frozen backbone's output for every image, computed once (probe mode)."""
+    teacher.eval()
+    out = []
+    progress = make_progress(True)
+    with progress:
+        task = progress.add_task(label, total=len(images), loss=0.0, acc=0.0, ips=0.0)
+        start, done = time.perf_counter(), 0
+        for index in batch_indices(len(images), batch_size, False):
+            fmap = teacher.forward_features(images[index].to(device).float() / 255.0)
+            out.append((teacher.forward_head(fmap, pre_logits=True) if pooled else fmap).cpu())
+            done += len(index)
+            progress.update(task, advance=len(index), ips=done / (time.perf_counter() - start))
+    return torch.cat(out)
+
+
+def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
+    """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
+    started = time.time()
+    folder = Path(cfg.output.dir)
+    _prepare_folder(folder, resume, to_yaml(cfg))
+    set_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    dataset = open_dataset(cfg.data)
+    _seeded(cfg.train.seed)
+    t = cfg.teacher
+    spec = TeacherSpec(t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes)
+    teacher = TeacherNet(spec).to(device)
+    spec.input_size = teacher.input_size
+    meta = {
+        "kind": "teacher",
+        "model": {**spec.to_dict(), "weights_source": teacher.weights_source, "mode": cfg.adapt.mode},
+        "data": dataset.meta(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    say(
+        f"adapting {t.name} ({teacher.weights_source}, input {teacher.input_size}px, head {t.head}, "
+        f"mode {cfg.adapt.mode}) on {dataset.name} ({escape(dataset.source)}), {device}"
+    )
+    image_tf = image_transform(None, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
+    for p in teacher.body.parameters():
+        p.requires_grad_(cfg.adapt.mode == "finetune")
+    if cfg.adapt.mode == "probe":
+        # The backbone is frozen: its features are computed once and the head trains on them.
+        pooled = t.head == "gap"
+        bs = cfg.adapt.feature_batch_size
+        feats = {
+            s: _extract(teacher, dataset.split(s).images, bs, pooled, device, f"{t.name} features ({s})")
+            for s in ("train", "val")
+        }
+        data = FitData(feats["train"], dataset.train.labels, feats["val"], dataset.val.labels)
+        trained: nn.Module = teacher.head
+        transform: Transform = lambda x, training, gen: x  # noqa: E731 - features need no transform
+        groups = [{"params": list(teacher.head.parameters())}]
+    else:
+        for prefix in cfg.adapt.freeze:
+            matched = [p for n, p in teacher.body.named_parameters() if n.startswith(prefix)]
+            if not matched:
+                raise MtkdError(f"adapt.freeze: no parameters under '{prefix}' in {t.name}'s body")
+            for p in matched:
+                p.requires_grad_(False)
+        data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
+        trained, transform = teacher, image_tf
+        backbone = [p for p in teacher.body.parameters() if p.requires_grad]
+        groups = [{"params": list(teacher.head.parameters())}]
+        if backbone:
+            groups.append({"params": backbone, "lr": cfg.optim.lr * cfg.adapt.backbone_lr_scale})
+    trainer = Trainer(
+        trained, data, transform, groups, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device, saved=teacher
+    )
+    if resume:
+        trainer.resume()
+    result = trainer.fit()
+    teacher.eval()
+    return _finish(trainer, teacher, teacher, dataset, image_transform(None), meta, result, started, device)
+

@@ -1,0 +1,1 @@
+"""Students, teachers, pretrained weights, feature hooks and model costs."""
