@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mtkd.engine.trainer import warmup_cosine
+from mtkd.models.cost import count_macs, count_params
+from mtkd.models.hooks import FeatureHooks, pooled_features
+from mtkd.models.students import STUDENTS
+from mtkd.models.zoo import create_student, resolve
+from mtkd.errors import MtkdError
+
+
+@pytest.mark.parametrize("name", list(STUDENTS))
+def test_students_give_logits_and_pooled_features(name):
+    model = create_student(name, 7, 1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    pooled, logits = pooled_features(model, x)
+    assert logits.shape == (3, 7) and pooled.shape == (3, model.num_features)
+    assert torch.allclose(logits, model(x), atol=1e-6)
+
+
+def test_student_sizes_cover_the_range():
+    sizes = {n: count_params(create_student(n, 10, 1)) for n in ("cnn_small", "cnn_medium", "cnn_large")}
+    assert 20_000 < sizes["cnn_small"] < 30_000
+    assert 80_000 < sizes["cnn_medium"] < 120_000
+    assert 400_000 < sizes["cnn_large"] < 600_000
+
+
+def test_timm_student_and_unknown_name():
+    model = create_student("timm:resnet10t", 5, 1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    with pytest.raises(MtkdError, match="did you mean"):
+        resolve("resnet2O")
+
+
+def test_hooks_read_module_outputs_by_path():
+    model = create_student("resnet8", 10, 3).eval()
+    with FeatureHooks(model, ["layers.1", "stem"]) as hooks:
+        model(torch.randn(2, 3, 32, 32))
+    assert hooks.outputs["layers.1"].shape == (2, 32, 16, 16)
+    assert hooks.outputs["stem"].shape == (2, 16, 32, 32)
+    with pytest.raises(MtkdError, match="no module 'layers.9'"):
+        FeatureHooks(model, ["layers.9"])
+
+
+def test_macs_counted_by_hand():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    # conv: 2 output channels x 16 positions x 9 taps; linear: 32 x 3
+    assert count_macs(model, (1, 4, 4)) == 2 * 16 * 9 + 32 * 3
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
