@@ -40,7 +40,11 @@ def test_animal_mnist_deduplicated_splits():
     assert ds.classes[6] == "giraffe" and ds.num_classes == 10
     h = _all_hashes(ds)
     assert sum(len(v) for v in h.values()) == 9716  # no duplicate left inside or across splits
-    assert h["train"].isdisjoint(h["test"]) and h["val"].isdisjoint(h["test"]) and h["train"].isdisjoint(h["val"])
+    assert (
+        h["train"].isdisjoint(h["test"])
+        and h["val"].isdisjoint(h["test"])
+        and h["train"].isdisjoint(h["val"])
+    )
     # stratified: each class is ~20% test
     counts = torch.bincount(torch.cat([ds.train.labels, ds.val.labels, ds.test.labels]), minlength=10)
     test_counts = torch.bincount(ds.test.labels, minlength=10)
@@ -96,7 +100,9 @@ def test_image_folder(tmp_path):
         for cls in ("a", "b"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(6):
-                Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     ds = load_dataset(f"folder:{tmp_path}", val_fraction=0.34)
     assert ds.classes == ["a", "b"] and ds.channels == 3 and ds.image_size == (10, 12)
     assert len(ds.test) == 12 and len(ds.train) + len(ds.val) == 12

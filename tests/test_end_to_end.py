@@ -7,11 +7,11 @@ from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 
 from conftest import run_cli
+from mtkd.data import load_dataset
 from mtkd.engine import trainer as trainer_module
 from mtkd.engine.builders import load_model
-from mtkd.engine.trainer import predict
 from mtkd.engine.evaluate import evaluate_checkpoint
-from mtkd.data import load_dataset
+from mtkd.engine.trainer import predict
 from mtkd.models.pretrained import OFFLINE_WEIGHTS
 
 STUDENT = ["train", "--dataset", "digits", "--model", "cnn_small", "--epochs", "6", "--lr", "0.1",
@@ -98,7 +98,9 @@ def test_predict_and_export(student_run, tmp_path, capsys):
     assert np.abs(got - expected).max() < 1e-4
 
 
-@pytest.mark.skipif(OFFLINE_WEIGHTS["mobilenet_v2"].path() is None, reason="offline MobileNetV2 not installed")
+@pytest.mark.skipif(
+    OFFLINE_WEIGHTS["mobilenet_v2"].path() is None, reason="offline MobileNetV2 not installed"
+)
 def test_probe_teacher_on_digits(tmp_path, capsys):
     out = tmp_path / "teacher"
     args = ["teacher", "fit", "--dataset", "digits", "--teacher", "mobilenet_v2", "--input-size", "64",

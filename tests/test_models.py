@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from mtkd.engine.trainer import warmup_cosine
+from mtkd.errors import MtkdError
 from mtkd.models.cost import count_macs, count_params
 from mtkd.models.hooks import FeatureHooks, pooled_features
 from mtkd.models.students import STUDENTS
 from mtkd.models.zoo import create_student, resolve
-from mtkd.errors import MtkdError
 
 
 @pytest.mark.parametrize("name", list(STUDENTS))

@@ -37,8 +37,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, model: type, aliases: dic
     from mtkd.engine.config import leaf_fields
 
     parser.add_argument("--config", "-c", help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in the output folder")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in the output folder"
+    )
     group = parser.add_argument_group("config options (also settable in YAML)")
     for key, info in leaf_fields(model).items():
         names = [f"--{key}"] + [a for a, target in aliases.items() if target == key]
@@ -54,7 +58,14 @@ def _config_from_args(model: type, args: argparse.Namespace):  # noqa: ANN202
 
     overrides = {k[4:]: parse_value(v) for k, v in vars(args).items() if k.startswith("cfg:")}
     # Paths and names stay strings even when they look like numbers.
-    for key in ("data.name", "model.name", "teacher.name", "output.dir", "data.data_dir", "teacher.pretrained"):
+    for key in (
+        "data.name",
+        "model.name",
+        "teacher.name",
+        "output.dir",
+        "data.data_dir",
+        "teacher.pretrained",
+    ):
         if key in overrides and overrides[key] is not None:
             overrides[key] = str(vars(args)[f"cfg:{key}"])
     return build_config(model, args.config, overrides, args.set)
@@ -68,7 +79,12 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         table.add_column(col)
     for row in describe_datasets(Path(args.data_dir) if args.data_dir else None):
         table.add_row(
-            row["name"], str(row["classes"]), row["sizes"], "yes" if row["available"] else "no", row["where"], row["summary"]
+            row["name"],
+            str(row["classes"]),
+            row["sizes"],
+            "yes" if row["available"] else "no",
+            row["where"],
+            row["summary"],
         )
     out.print(table)
 
@@ -80,7 +96,9 @@ def cmd_models(args: argparse.Namespace) -> None:
     for col in ("name", "library", "params", "input", "weights", "offline"):
         teachers.add_column(col)
     for row in describe_teachers():
-        teachers.add_row(row["name"], row["library"], row["params"], row["input"], row["weights"], row["offline"])
+        teachers.add_row(
+            row["name"], row["library"], row["params"], row["input"], row["weights"], row["offline"]
+        )
     out.print(teachers)
     students = Table(title="students: trained from scratch (also any timm model by name)")
     for col in ("name", "params (10 classes, grey)", "description"):
@@ -117,7 +135,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for i in range(len(classes)):
         table.add_column(str(i), justify="right")
     for i, name in enumerate(classes):
-        table.add_row(f"{i} {name}", f"{report['per_class'][name]:.3f}", *[str(v) for v in report["confusion"][i]])
+        table.add_row(
+            f"{i} {name}", f"{report['per_class'][name]:.3f}", *[str(v) for v in report["confusion"][i]]
+        )
     out.print(table)
 
 
@@ -141,7 +161,18 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from mtkd.io import read_json
 
     table = Table(title=f"runs under {args.folder}")
-    for col in ("run", "kind", "model", "dataset", "params", "MACs", "best epoch", "val acc", "test acc", "test acc (last)"):
+    for col in (
+        "run",
+        "kind",
+        "model",
+        "dataset",
+        "params",
+        "MACs",
+        "best epoch",
+        "val acc",
+        "test acc",
+        "test acc (last)",
+    ):
         table.add_column(col)
     found = sorted(Path(args.folder).rglob("summary.json"))
     if not found:
@@ -159,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mtkd import __version__
     from mtkd.engine.config import TeacherFitConfig, TrainConfig
 
-    parser = argparse.ArgumentParser(prog="mtkd", description="Multi-teacher knowledge transfer for small image classifiers.")
+    parser = argparse.ArgumentParser(
+        prog="mtkd", description="Multi-teacher knowledge transfer for small image classifiers."
+    )
     parser.add_argument("--version", action="version", version=f"mtkd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TeacherFitConfig, ALIASES["teacher fit"])
     p.set_defaults(func=cmd_teacher_fit)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")
+    p = sub.add_parser(
+        "evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint"
+    )
     p.add_argument("checkpoint", help="run folder, or a .json/.safetensors checkpoint")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -21,7 +21,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [N,C,H,W], got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
         self.labels = self.labels.long()

@@ -26,7 +26,9 @@ class DatasetEntry:
 
 def _torchvision_entry(name: str, summary: str, classes: int, sizes: str, hflip: bool) -> DatasetEntry:
     def locate(data_dir: Path | None) -> str | None:
-        return str(sources.torchvision_root(data_dir)) if sources.torchvision_present(name, data_dir) else None
+        return (
+            str(sources.torchvision_root(data_dir)) if sources.torchvision_present(name, data_dir) else None
+        )
 
     return DatasetEntry(name, summary, classes, sizes, hflip, partial(sources.read_torchvision, name), locate)
 
@@ -115,4 +117,3 @@ def describe_datasets(data_dir: Path | None = None) -> list[dict]:
             }
         )
     return rows
-

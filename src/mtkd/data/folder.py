@@ -31,7 +31,9 @@ def find_splits(root: Path) -> dict[str, Path]:
         raise MtkdError(f"image folder not found: {root}")
     splits = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" not in splits or not ({"val", "test"} & splits.keys()):
-        raise MtkdError(f"image folder {root} needs a train/ folder and a val/ or test/ folder of class subfolders")
+        raise MtkdError(
+            f"image folder {root} needs a train/ folder and a val/ or test/ folder of class subfolders"
+        )
     return splits
 
 

@@ -54,7 +54,13 @@ def _load_pickle_array(path: Path) -> np.ndarray:
     # The package ships gzip pickles of plain numpy arrays; refuse anything else.
     class _ArraysOnly(pickle.Unpickler):
         def find_class(self, module: str, name: str):  # noqa: ANN202
-            if module.startswith("numpy") and name in {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}:
+            if module.startswith("numpy") and name in {
+                "_reconstruct",
+                "ndarray",
+                "dtype",
+                "scalar",
+                "_frombuffer",
+            }:
                 return super().find_class(module, name)
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from {path}")
 
@@ -94,7 +100,12 @@ def _saved_animal_split(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     _, test = stratified_split(labels, ANIMAL_TEST_FRACTION, ANIMAL_SPLIT_SEED)
     write_json(
         path,
-        {"content": content, "fraction": ANIMAL_TEST_FRACTION, "seed": ANIMAL_SPLIT_SEED, "test": test.tolist()},
+        {
+            "content": content,
+            "fraction": ANIMAL_TEST_FRACTION,
+            "seed": ANIMAL_SPLIT_SEED,
+            "test": test.tolist(),
+        },
     )
     return test
 
@@ -130,7 +141,11 @@ def fashion_mnist_dir(data_dir: Path | None) -> Path | None:
         candidates += [data_dir, data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist"]
     candidates += [cache_dir() / "datasets" / "FashionMNIST" / "raw", FASHION_SYSTEM_DIR]
     for folder in candidates:
-        if all(_idx_file(folder, f"{s}-{k}") for s in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")):
+        if all(
+            _idx_file(folder, f"{s}-{k}")
+            for s in ("train", "t10k")
+            for k in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        ):
             return folder
     return None
 
@@ -150,7 +165,9 @@ def read_fashion_mnist(data_dir: Path | None, download: bool) -> tuple[list[str]
             ) from None
         folder = fashion_mnist_dir(root)
     if folder is None:
-        raise MtkdError("fashion-mnist not found: apt-get install dataset-fashion-mnist, or put its IDX files in --data-dir")
+        raise MtkdError(
+            "fashion-mnist not found: apt-get install dataset-fashion-mnist, or put its IDX files in --data-dir"
+        )
     splits = {}
     for split, stem in (("train", "train"), ("test", "t10k")):
         x = read_idx(_idx_file(folder, f"{stem}-images-idx3-ubyte"))
@@ -208,7 +225,7 @@ def read_torchvision(name: str, data_dir: Path | None, download: bool) -> tuple[
         except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError or URLError
             hint = "and the download failed" if fetch else "(download disabled)"
             raise MtkdError(f"{name} not found under {root} {hint}: {str(exc).splitlines()[0]}") from None
-        labels = np.asarray(getattr(ds, "targets", None) or getattr(ds, "labels"), dtype=np.int64)
+        labels = np.asarray(getattr(ds, "targets", None) or ds.labels, dtype=np.int64)
         splits[split] = ImageSet(to_nchw_uint8(np.asarray(ds.data)), torch.from_numpy(labels))
         classes = list(getattr(ds, "classes", None) or [str(i) for i in range(10)])
     return classes, splits, f"torchvision {cls_name} files in {root}"

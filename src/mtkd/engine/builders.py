@@ -37,7 +37,9 @@ def build_model(meta: dict) -> nn.Module:
         return create_student(spec["name"], len(data["classes"]), data["channels"])
     if meta["kind"] == "teacher":
         known = {f.name for f in fields(TeacherSpec)}
-        return TeacherNet(TeacherSpec(**{k: v for k, v in spec.items() if k in known} | {"pretrained": "none"}))
+        return TeacherNet(
+            TeacherSpec(**{k: v for k, v in spec.items() if k in known} | {"pretrained": "none"})
+        )
     raise MtkdError(f"unknown checkpoint kind '{meta['kind']}'")
 
 
@@ -49,7 +51,11 @@ def load_model(path: str, device: torch.device) -> tuple[nn.Module, dict, Transf
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        raise MtkdError(f"checkpoint {meta['_path']} does not fit {meta['model']['name']}: {str(exc).splitlines()[0]}") from None
+        raise MtkdError(
+            f"checkpoint {meta['_path']} does not fit {meta['model']['name']}: {str(exc).splitlines()[0]}"
+        ) from None
     model.to(device).eval()
-    normalize = Normalize(meta["data"]["mean"], meta["data"]["std"]).to(device) if meta["kind"] == "student" else None
+    normalize = (
+        Normalize(meta["data"]["mean"], meta["data"]["std"]).to(device) if meta["kind"] == "student" else None
+    )
     return model, meta, image_transform(normalize)

@@ -69,7 +69,9 @@ class TeacherConfig(Section):
     name: str = Field("mobilenet_v2", description="torchvision or timm ImageNet model (mtkd models)")
     pretrained: str = Field("auto", description="auto | offline | hub | none | path to a weights file")
     input_size: int | None = Field(None, ge=16, le=1024, description="teacher input size (default: its own)")
-    head: Literal["gap", "flatten"] = Field("gap", description="global average pooling + linear, or flatten + FC")
+    head: Literal["gap", "flatten"] = Field(
+        "gap", description="global average pooling + linear, or flatten + FC"
+    )
     head_hidden: list[int] = Field(default_factory=list, description="hidden FC widths of the flatten head")
     dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -82,7 +84,9 @@ class TeacherConfig(Section):
 
 
 class AdaptConfig(Section):
-    mode: Literal["probe", "finetune"] = Field("probe", description="probe: frozen backbone; finetune: all layers")
+    mode: Literal["probe", "finetune"] = Field(
+        "probe", description="probe: frozen backbone; finetune: all layers"
+    )
     freeze: list[str] = Field(default_factory=list, description="finetune: module path prefixes kept frozen")
     backbone_lr_scale: float = Field(0.1, ge=0, le=1, description="finetune: backbone lr = lr * this")
     feature_batch_size: int = Field(128, ge=1, description="probe: batch size of the one feature pass")

@@ -12,7 +12,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise MtkdError("device 'cuda' requested but no CUDA device is available (use --train.device auto or cpu)")
+        raise MtkdError(
+            "device 'cuda' requested but no CUDA device is available (use --train.device auto or cpu)"
+        )
     return torch.device(name)
 
 

@@ -9,9 +9,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mtkd.data.images import image_to_tensor, open_image
 from mtkd.engine.builders import load_model
+from mtkd.engine.config import DataConfig
 from mtkd.engine.device import pick_device
 from mtkd.engine.run import open_dataset
-from mtkd.engine.config import DataConfig
 from mtkd.engine.trainer import predict
 from mtkd.io import write_json
 
@@ -43,7 +43,11 @@ def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", ba
         raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
     images = dataset.split(split)
     logits = predict(model, images.images, transform, batch_size, dev)
-    report = {"checkpoint": meta["_path"], "split": split, **classification_report(logits, images.labels, dataset.classes)}
+    report = {
+        "checkpoint": meta["_path"],
+        "split": split,
+        **classification_report(logits, images.labels, dataset.classes),
+    }
     write_json(Path(meta["_path"]).parent / f"eval-{Path(meta['_path']).stem}-{split}.json", report)
     return report
 

@@ -28,7 +28,9 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(folder / "tb"), purge_step=resume_epoch + 1 if resume_epoch else None)
+            self.writer = SummaryWriter(
+                str(folder / "tb"), purge_step=resume_epoch + 1 if resume_epoch else None
+            )
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
@@ -64,4 +66,4 @@ def make_progress(enabled: bool) -> Progress:
 
 
 def say(message: str) -> None:
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, soft_wrap=True)

@@ -25,7 +25,9 @@ from mtkd.models.zoo import create_student
 
 
 def open_dataset(cfg: DataConfig) -> Dataset:
-    return load_dataset(cfg.name, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.download, cfg.image_size)
+    return load_dataset(
+        cfg.name, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.download, cfg.image_size
+    )
 
 
 def _prepare_folder(folder: Path, resume: bool, config_yaml: str) -> None:
@@ -34,7 +36,9 @@ def _prepare_folder(folder: Path, resume: bool, config_yaml: str) -> None:
     if resume and not has_run:
         raise MtkdError(f"nothing to resume in {folder} (no last.json)")
     if not resume and has_run:
-        raise MtkdError(f"{folder} already holds a run: pass --resume to continue it, or another --output.dir")
+        raise MtkdError(
+            f"{folder} already holds a run: pass --resume to continue it, or another --output.dir"
+        )
     if not resume:
         atomic_write(folder / "config.yaml", config_yaml)
 
@@ -58,7 +62,9 @@ def _finish(
     last_test = _accuracy(predict(eval_model, test.images, transform, batch, device), test.labels)
     best_meta = read_meta(folder / "best.json")
     model.load_state_dict(load_weights(best_meta))
-    best_val = _accuracy(predict(eval_model, dataset.val.images, transform, batch, device), dataset.val.labels)
+    best_val = _accuracy(
+        predict(eval_model, dataset.val.images, transform, batch, device), dataset.val.labels
+    )
     best_test = _accuracy(predict(eval_model, test.images, transform, batch, device), test.labels)
     c, h, w = dataset.channels, *dataset.image_size
     report = {
@@ -85,7 +91,9 @@ def _finish(
 
 
 def best_meta_clean(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if k not in ("files", "versions", "git_commit", "saved_at", "_path")}
+    return {
+        k: v for k, v in meta.items() if k not in ("files", "versions", "git_commit", "saved_at", "_path")
+    }
 
 
 def _seeded(seed: int) -> None:
@@ -111,9 +119,13 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
         "config": cfg.model_dump(mode="json"),
     }
     data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
-    say(f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {device}")
+    say(
+        f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {device}"
+    )
     groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
-    trainer = Trainer(student, data, transform, groups, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device)
+    trainer = Trainer(
+        student, data, transform, groups, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device
+    )
     if resume:
         trainer.resume()
     result = trainer.fit()
@@ -121,7 +133,9 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 @torch.inference_mode()
-def _extract(teacher: TeacherNet, images: torch.Tensor, batch_size: int, pooled: bool, device: torch.device, label: str) -> torch.Tensor:
+def _extract(
+    teacher: TeacherNet, images: torch.Tensor, batch_size: int, pooled: bool, device: torch.device, label: str
+) -> torch.Tensor:
     """The frozen backbone's output for every image, computed once (probe mode)."""
     teacher.eval()
     out = []
@@ -147,7 +161,9 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
     dataset = open_dataset(cfg.data)
     _seeded(cfg.train.seed)
     t = cfg.teacher
-    spec = TeacherSpec(t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes)
+    spec = TeacherSpec(
+        t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes
+    )
     teacher = TeacherNet(spec).to(device)
     spec.input_size = teacher.input_size
     meta = {
@@ -189,11 +205,20 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
         if backbone:
             groups.append({"params": backbone, "lr": cfg.optim.lr * cfg.adapt.backbone_lr_scale})
     trainer = Trainer(
-        trained, data, transform, groups, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device, saved=teacher
+        trained,
+        data,
+        transform,
+        groups,
+        cfg.optim,
+        cfg.schedule,
+        cfg.train,
+        cfg.output,
+        meta,
+        device,
+        saved=teacher,
     )
     if resume:
         trainer.resume()
     result = trainer.fit()
     teacher.eval()
     return _finish(trainer, teacher, teacher, dataset, image_transform(None), meta, result, started, device)
-

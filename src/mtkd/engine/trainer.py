@@ -63,7 +63,10 @@ def predict(
     """Logits for every row of x, in order."""
     was_training = model.training
     model.eval()
-    out = [model(transform(x[i].to(device), False, None)).float().cpu() for i in batch_indices(len(x), batch_size, False)]
+    out = [
+        model(transform(x[i].to(device), False, None)).float().cpu()
+        for i in batch_indices(len(x), batch_size, False)
+    ]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
@@ -173,7 +176,9 @@ class Trainer:
                     ips=seen / (time.perf_counter() - start),
                 )  # fmt: skip
         elapsed = time.perf_counter() - start
-        val_logits = predict(self.model, self.data.val_x, self.transform, self.loop.eval_batch_size, self.device)
+        val_logits = predict(
+            self.model, self.data.val_x, self.transform, self.loop.eval_batch_size, self.device
+        )
         val_loss = F.cross_entropy(val_logits, self.data.val_y).item()
         val_acc = (val_logits.argmax(1) == self.data.val_y).float().mean().item()
         return {

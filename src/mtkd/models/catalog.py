@@ -36,7 +36,14 @@ def describe_teachers() -> list[dict]:
         )  # fmt: skip
     for name, library, params, size in HUB_EXAMPLES:
         rows.append(
-            {"name": name, "library": library, "params": params, "input": str(size), "weights": f"{library} hub", "offline": "no (needs internet)"}
+            {
+                "name": name,
+                "library": library,
+                "params": params,
+                "input": str(size),
+                "weights": f"{library} hub",
+                "offline": "no (needs internet)",
+            }
         )
     return rows
 

@@ -18,7 +18,9 @@ class FeatureHooks:
         unknown = [p for p in paths if p not in modules]
         if unknown:
             examples = ", ".join(n for n in list(modules)[1:6])
-            raise MtkdError(f"no module '{unknown[0]}' in {type(model).__name__} (module paths look like: {examples}, ...)")
+            raise MtkdError(
+                f"no module '{unknown[0]}' in {type(model).__name__} (module paths look like: {examples}, ...)"
+            )
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [modules[p].register_forward_hook(self._recorder(p)) for p in paths]
 

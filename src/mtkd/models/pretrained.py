@@ -76,7 +76,9 @@ def read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict(state)
 
 
-def rename_in_order(source: dict[str, torch.Tensor], model: nn.Module, origin: str) -> dict[str, torch.Tensor]:
+def rename_in_order(
+    source: dict[str, torch.Tensor], model: nn.Module, origin: str
+) -> dict[str, torch.Tensor]:
     """Give `source`'s tensors the model's key names, pairing keys by position; every shape must match."""
     target = model.state_dict()
     if len(source) != len(target):
@@ -84,7 +86,9 @@ def rename_in_order(source: dict[str, torch.Tensor], model: nn.Module, origin: s
     renamed = {}
     for (skey, tensor), (tkey, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise MtkdError(f"{origin}: {skey} {tuple(tensor.shape)} does not fit {tkey} {tuple(expected.shape)}")
+            raise MtkdError(
+                f"{origin}: {skey} {tuple(tensor.shape)} does not fit {tkey} {tuple(expected.shape)}"
+            )
         renamed[tkey] = tensor
     return renamed
 

@@ -74,7 +74,9 @@ def _torchvision_parts(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Modul
         if type(first).__name__ == "LayerNorm2d":  # ConvNeXt normalises before flattening
             return body, nn.Sequential(pool, model.classifier)
         return body, nn.Sequential(pool, nn.Flatten(1), model.classifier)
-    raise MtkdError(f"torchvision model '{arch}' is not supported as a teacher; try its timm name (timm:{arch})")
+    raise MtkdError(
+        f"torchvision model '{arch}' is not supported as a teacher; try its timm name (timm:{arch})"
+    )
 
 
 class TeacherNet(nn.Module):
@@ -86,7 +88,11 @@ class TeacherNet(nn.Module):
         model, library, arch, self.weights_source = create_pretrained(spec.name, spec.pretrained)
         if library == "timm":
             cfg = model.pretrained_cfg
-            mean, std, native = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), cfg["input_size"][-1]
+            mean, std, native = (
+                cfg.get("mean", IMAGENET_MEAN),
+                cfg.get("std", IMAGENET_STD),
+                cfg["input_size"][-1],
+            )
             if spec.head != "imagenet":
                 model.reset_classifier(0)
             self.body = _TimmBody(model)
@@ -105,7 +111,9 @@ class TeacherNet(nn.Module):
             self.head = imagenet_head
             self._head_takes_map = True
         elif spec.head == "gap":
-            self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(self.num_features, spec.num_classes))
+            self.head = nn.Sequential(
+                nn.Dropout(spec.dropout), nn.Linear(self.num_features, spec.num_classes)
+            )
             self._head_takes_map = False
         else:
             layers: list[nn.Module] = [nn.Flatten(1)]
@@ -141,7 +149,13 @@ class TeacherNet(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.input_size, self.input_size):
             down = x.shape[-1] > self.input_size
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=down)
+            x = F.interpolate(
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=down,
+            )
         return (x - self.mean) / self.std
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,9 @@ def create_student(name: str, num_classes: int, in_chans: int) -> nn.Module:
         return STUDENTS[arch][0](num_classes, in_chans)
     if library == "timm":
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    raise MtkdError(f"student '{name}': use an mtkd student or a timm model (torchvision students are not supported)")
+    raise MtkdError(
+        f"student '{name}': use an mtkd student or a timm model (torchvision students are not supported)"
+    )
 
 
 def create_pretrained(name: str, pretrained: str) -> tuple[nn.Module, str, str, str]:
@@ -61,7 +63,9 @@ def create_pretrained(name: str, pretrained: str) -> tuple[nn.Module, str, str, 
     """
     library, arch = resolve(name)
     if library == "mtkd":
-        raise MtkdError(f"'{name}' is a student architecture with no pretrained weights; pick a timm or torchvision model")
+        raise MtkdError(
+            f"'{name}' is a student architecture with no pretrained weights; pick a timm or torchvision model"
+        )
     offline = OFFLINE_WEIGHTS.get(arch)
     if pretrained == "auto":
         pretrained = "offline" if offline is not None and offline.path() is not None else "hub"
