@@ -112,3 +112,26 @@ def test_probe_teacher_on_digits(tmp_path, capsys):
     assert summary["kind"] == "teacher" and summary["params"] > 2_000_000
     report = evaluate_checkpoint(str(out), "test", "cpu")
     assert report["top1"] == pytest.approx(summary["test_acc"])
+
+
+@pytest.mark.skipif(
+    OFFLINE_WEIGHTS["mobilenet_v2"].path() is None, reason="offline MobileNetV2 not installed"
+)
+def test_finetune_with_frozen_layers_and_flatten_head(tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = ["teacher", "fit", "--dataset", "digits", "--teacher", "mobilenet_v2", "--input-size", "32",
+            "--mode", "finetune", "--head", "flatten", "--set", "teacher.head_hidden=[32]",
+            "--set", "adapt.freeze=[features.0, features.1]", "--epochs", "2", "--lr", "0.001", "--out", out]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    from mtkd.engine.checkpoint import read_meta
+    from mtkd.models.pretrained import read_state_dict
+
+    pretrained = read_state_dict(OFFLINE_WEIGHTS["mobilenet_v2"].path())
+    tuned = load_file(str(out / "last.safetensors"))
+    # frozen layers keep their ImageNet weights; the others moved
+    assert torch.equal(tuned["body.features.0.0.weight"], pretrained["features.0.0.weight"])
+    assert not torch.equal(tuned["body.features.5.conv.0.0.weight"], pretrained["features.5.conv.0.0.weight"])
+    # flatten head: 1280 channels x 1 x 1 at 32 px -> 32 -> 10
+    assert tuned["head.1.weight"].shape == (32, 1280) and tuned["head.4.weight"].shape == (10, 32)
+    assert read_meta(out)["report"]["test_acc"] > 0.1

@@ -34,13 +34,18 @@ def random_crop_flip(
     out = images
     if padding > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-        out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        dev = images.device  # offsets come from the CPU generator, so results do not depend on the device
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        batch, chan = (
+            torch.arange(b, device=dev)[:, None, None, None],
+            torch.arange(c, device=dev)[None, :, None, None],
+        )
+        out = padded[batch, chan, rows, cols]
     if hflip:
-        flip = torch.rand(b, generator=generator) < 0.5
+        flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     return out
 

@@ -138,6 +138,7 @@ def _extract(
 ) -> torch.Tensor:
     """The frozen backbone's output for every image, computed once (probe mode)."""
     teacher.eval()
+    say(f"{label}: {len(images)} images through the frozen backbone, once")
     out = []
     progress = make_progress(True)
     with progress:
@@ -193,9 +194,14 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
         groups = [{"params": list(teacher.head.parameters())}]
     else:
         for prefix in cfg.adapt.freeze:
-            matched = [p for n, p in teacher.body.named_parameters() if n.startswith(prefix)]
+            matched = [
+                p for n, p in teacher.backbone_parameters() if n == prefix or n.startswith(prefix + ".")
+            ]
             if not matched:
-                raise MtkdError(f"adapt.freeze: no parameters under '{prefix}' in {t.name}'s body")
+                first = teacher.backbone_parameters()[0][0]
+                raise MtkdError(
+                    f"adapt.freeze: no parameters under '{prefix}' in {t.name} (names look like '{first}')"
+                )
             for p in matched:
                 p.requires_grad_(False)
         data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)

@@ -9,6 +9,7 @@ or flatten + fully connected layers (`flatten`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -61,14 +62,18 @@ class _TimmHead(nn.Module):
 
 def _torchvision_parts(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module]:
     """(body giving the last feature map, original ImageNet head) of a torchvision classifier."""
+    # The body keeps the model's own module names, so `features.3` or `layer2` mean what they mean in torchvision.
     names = [n for n, _ in model.named_children()]
     if "fc" in names and "avgpool" in names:  # ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNet
-        body = nn.Sequential(*[m for n, m in model.named_children() if n not in ("avgpool", "fc")])
+        body = nn.Sequential(
+            OrderedDict((n, m) for n, m in model.named_children() if n not in ("avgpool", "fc"))
+        )
         return body, nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)
     if "features" in names and "classifier" in names:  # MobileNet, EfficientNet, VGG, DenseNet, ConvNeXt
-        body = model.features
+        parts = OrderedDict(features=model.features)
         if arch.startswith("densenet"):
-            body = nn.Sequential(model.features, nn.ReLU())
+            parts["relu"] = nn.ReLU()
+        body = nn.Sequential(parts)
         pool = getattr(model, "avgpool", nn.AdaptiveAvgPool2d(1))
         first = next(iter(model.classifier.children()), model.classifier)
         if type(first).__name__ == "LayerNorm2d":  # ConvNeXt normalises before flattening
@@ -141,6 +146,11 @@ class TeacherNet(nn.Module):
         dim = self.pool(torch.zeros(1, *self._fmap_shape)).shape[-1]
         self.train(was_training)
         return int(dim)
+
+    def backbone_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The backbone's parameters under the names they have in the original timm/torchvision model."""
+        strip = "model." if isinstance(self.body, _TimmBody) else ""
+        return [(n.removeprefix(strip), p) for n, p in self.body.named_parameters()]
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Dataset images in [0, 1] to the backbone's input: 3 channels, its size, its normalisation."""
