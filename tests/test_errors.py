@@ -34,6 +34,7 @@ def _one_line_error(code, err):
 def test_train_config_errors(args, expected, tmp_path, capsys):
     code, _, err = run_cli(["train", "--out", tmp_path / "run", *args], capsys)
     assert expected in _one_line_error(code, err)
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing behind
 
 
 def test_unknown_key_in_yaml(tmp_path, capsys):

@@ -30,7 +30,7 @@ def open_dataset(cfg: DataConfig) -> Dataset:
     )
 
 
-def _prepare_folder(folder: Path, resume: bool, config_yaml: str) -> None:
+def _check_folder(folder: Path, resume: bool) -> None:
     """Refuse to overwrite a run; with resume, require one."""
     has_run = (folder / "last.json").is_file()
     if resume and not has_run:
@@ -39,8 +39,6 @@ def _prepare_folder(folder: Path, resume: bool, config_yaml: str) -> None:
         raise MtkdError(
             f"{folder} already holds a run: pass --resume to continue it, or another --output.dir"
         )
-    if not resume:
-        atomic_write(folder / "config.yaml", config_yaml)
 
 
 def _hflip(setting: str, dataset: Dataset) -> bool:
@@ -96,20 +94,29 @@ def best_meta_clean(meta: dict) -> dict:
     }
 
 
-def _seeded(seed: int) -> None:
-    torch.manual_seed(seed)
+def _write_config(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> None:
+    """Written once the run's inputs are known to be good, so a failed start leaves no folder behind."""
+    if not resume:
+        atomic_write(Path(cfg.output.dir) / "config.yaml", to_yaml(cfg))
+
+
+def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[torch.device, Dataset]:
+    """What every run does first: claim the output folder, pick the device, load the data, seed."""
+    folder = Path(cfg.output.dir)
+    _check_folder(folder, resume)
+    set_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    dataset = open_dataset(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    return device, dataset
 
 
 def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train a student alone (cross-entropy) and report its accuracies."""
     started = time.time()
-    folder = Path(cfg.output.dir)
-    _prepare_folder(folder, resume, to_yaml(cfg))
-    set_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    dataset = open_dataset(cfg.data)
-    _seeded(cfg.train.seed)
+    device, dataset = _start(cfg, resume)
     student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
+    _write_config(cfg, resume)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
     transform = image_transform(normalize, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
     meta = {
@@ -155,17 +162,13 @@ def _extract(
 def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
     started = time.time()
-    folder = Path(cfg.output.dir)
-    _prepare_folder(folder, resume, to_yaml(cfg))
-    set_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    dataset = open_dataset(cfg.data)
-    _seeded(cfg.train.seed)
+    device, dataset = _start(cfg, resume)
     t = cfg.teacher
     spec = TeacherSpec(
         t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes
     )
     teacher = TeacherNet(spec).to(device)
+    _write_config(cfg, resume)
     spec.input_size = teacher.input_size
     meta = {
         "kind": "teacher",
