@@ -180,7 +180,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     for path in found:
         s = read_json(path)
         table.add_row(
-            str(path.parent), s["kind"], s["name"], s["dataset"], f"{s['params']:,}", f"{s['macs']:,}",
+            str(path.parent.relative_to(args.folder)), s["kind"], s["name"], s["dataset"], f"{s['params']:,}", f"{s['macs']:,}",
             str(s["best_epoch"]), f"{s['val_acc']:.4f}", f"{s['test_acc']:.4f}", f"{s['test_acc_last']:.4f}",
         )  # fmt: skip
     out.print(table)

@@ -45,32 +45,32 @@ def _hflip(setting: str, dataset: Dataset) -> bool:
     return dataset.hflip if setting == "auto" else setting == "on"
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(1) == labels).float().mean().item()
-
-
 def _finish(
-    trainer: Trainer, model: nn.Module, eval_model: nn.Module, dataset: Dataset, transform: Transform,
-    meta: dict, result: dict, started: float, device: torch.device,
-) -> dict:  # fmt: skip
-    """Test accuracy of the final and the best-on-validation weights; written into best.json and summary.json."""
-    folder = trainer.folder
-    batch = trainer.loop.eval_batch_size
-    test = dataset.test
-    last_test = _accuracy(predict(eval_model, test.images, transform, batch, device), test.labels)
+    trainer: Trainer, test_x: torch.Tensor, dataset: Dataset, meta: dict, result: dict, started: float
+) -> dict:
+    """Test accuracy of the final and the best-on-validation weights; written into best.json and summary.json.
+
+    Evaluation goes through what the trainer trained on (images, or a probe's features), so a
+    frozen backbone is not run again; `test_x` is the test split in that same form.
+    """
+    folder, model = trainer.folder, trainer.saved
+    test, val = dataset.test, dataset.val
+
+    def accuracy(x: torch.Tensor, labels: torch.Tensor) -> float:
+        logits = predict(trainer.model, x, trainer.transform, trainer.loop.eval_batch_size, trainer.device)
+        return (logits.argmax(1) == labels).float().mean().item()
+
+    last_test = accuracy(test_x, test.labels)
     best_meta = read_meta(folder / "best.json")
     model.load_state_dict(load_weights(best_meta))
-    best_val = _accuracy(
-        predict(eval_model, dataset.val.images, transform, batch, device), dataset.val.labels
-    )
-    best_test = _accuracy(predict(eval_model, test.images, transform, batch, device), test.labels)
+    best_val, best_test = accuracy(trainer.data.val_x, val.labels), accuracy(test_x, test.labels)
     c, h, w = dataset.channels, *dataset.image_size
     report = {
         "kind": meta["kind"],
         "name": meta["model"]["name"],
         "dataset": dataset.name,
         "params": count_params(model),
-        "macs": count_macs(eval_model, (c, h, w)),
+        "macs": count_macs(model, (c, h, w)),
         "best_epoch": result["best"]["epoch"],
         "val_acc": best_val,
         "test_acc": best_test,
@@ -136,7 +136,7 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     if resume:
         trainer.resume()
     result = trainer.fit()
-    return _finish(trainer, student, student, dataset, transform, meta, result, started, device)
+    return _finish(trainer, dataset.test.images, dataset, meta, result, started)
 
 
 @torch.inference_mode()
@@ -185,13 +185,11 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
         p.requires_grad_(cfg.adapt.mode == "finetune")
     if cfg.adapt.mode == "probe":
         # The backbone is frozen: its features are computed once and the head trains on them.
-        pooled = t.head == "gap"
-        bs = cfg.adapt.feature_batch_size
-        feats = {
-            s: _extract(teacher, dataset.split(s).images, bs, pooled, device, f"{t.name} features ({s})")
-            for s in ("train", "val")
-        }
-        data = FitData(feats["train"], dataset.train.labels, feats["val"], dataset.val.labels)
+        def features(split: str) -> torch.Tensor:
+            images, bs = dataset.split(split).images, cfg.adapt.feature_batch_size
+            return _extract(teacher, images, bs, t.head == "gap", device, f"{t.name} features ({split})")
+
+        data = FitData(features("train"), dataset.train.labels, features("val"), dataset.val.labels)
         trained: nn.Module = teacher.head
         transform: Transform = lambda x, training, gen: x  # noqa: E731 - features need no transform
         groups = [{"params": list(teacher.head.parameters())}]
@@ -229,5 +227,5 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
     if resume:
         trainer.resume()
     result = trainer.fit()
-    teacher.eval()
-    return _finish(trainer, teacher, teacher, dataset, image_transform(None), meta, result, started, device)
+    test_x = features("test") if cfg.adapt.mode == "probe" else dataset.test.images
+    return _finish(trainer, test_x, dataset, meta, result, started)
