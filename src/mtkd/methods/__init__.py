@@ -1,0 +1,9 @@
+"""Knowledge-transfer methods: each in its own file, registered by name.
+
+Importing this package registers every method; `METHODS` maps names to classes.
+"""
+
+from mtkd.methods import avg_kd, camkd, ebkd, features, hint, kd, none  # noqa: F401 - registration
+from mtkd.methods.base import METHODS, Method, StudentOutputs, TeacherOutputs, build_method
+
+__all__ = ["METHODS", "Method", "StudentOutputs", "TeacherOutputs", "build_method"]

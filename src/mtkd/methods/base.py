@@ -1,0 +1,146 @@
+"""What every transfer method shares: its inputs, its output, and the registry of names.
+
+A method is an `nn.Module` called with the student's outputs, the teachers' outputs for the
+same images and the labels; it returns a dict of named, already weighted loss terms. Its
+parameters (projectors, adapters, learned weights) train with the student and are never
+part of the saved student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from mtkd.errors import MtkdError
+
+
+@dataclass
+class StudentOutputs:
+    logits: torch.Tensor  # [B, classes]
+    features: torch.Tensor  # pooled penultimate features [B, D]
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)  # hooked maps by module path
+
+
+@dataclass
+class TeacherOutputs:
+    features: torch.Tensor  # pooled features [B, D_k]
+    logits: torch.Tensor | None = None  # [B, classes] of an adapted teacher; None for a raw ImageNet one
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MethodOptions(BaseModel):
+    """Options every method takes; each method adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(1.0, ge=0, description="multiplies every loss term of the method")
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    needs_logits: ClassVar[bool] = False  # needs teachers adapted to the dataset's classes
+
+    def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
+        super().__init__()
+        self.options = options
+
+    def student_maps(self) -> list[str]:
+        """Module paths of the student whose outputs this method reads."""
+        return []
+
+    def teacher_maps(self) -> list[str]:
+        return []
+
+    def forward(
+        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its `name`."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(
+    name: str, options: dict[str, Any], student_dim: int, teacher_dims: list[int], num_classes: int,
+    teachers_have_logits: bool = True,
+) -> Method:  # fmt: skip
+    if name not in METHODS:
+        raise MtkdError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+    cls = METHODS[name]
+    try:
+        opts = cls.Options.model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(cls.Options.model_fields)
+            raise MtkdError(f"method '{name}' has no option '{key}' (allowed: {allowed})") from None
+        msg = first["msg"].replace("Input should be", "must be")
+        raise MtkdError(
+            f"method '{name}': bad value for '{key}': {msg} (got {first.get('input')!r})"
+        ) from None
+    if cls.needs_logits and not teachers_have_logits:
+        raise MtkdError(
+            f"method '{name}' needs teachers adapted to the dataset's classes (mtkd teacher fit); "
+            "raw ImageNet teachers only give features: use 'features'"
+        )
+    if name == "kd" and len(teacher_dims) != 1:
+        raise MtkdError(
+            f"method 'kd' takes exactly one teacher, got {len(teacher_dims)} (use avg_kd, ebkd or camkd)"
+        )
+    return cls(opts, student_dim, teacher_dims, num_classes)
+
+
+# ---- shared pieces ----------------------------------------------------------------------------
+
+
+def kl_per_sample(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(teacher || student) of temperature-softened distributions, per sample [B]."""
+    log_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_t = teacher_probs.clamp_min(1e-12).log()
+    return (teacher_probs * (log_t - log_s)).sum(1) * temperature**2
+
+
+def softened(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.softmax(logits / temperature, dim=1)
+
+
+def teacher_logits(teachers: list[TeacherOutputs]) -> torch.Tensor:
+    """Teachers' logits stacked as [K, B, classes]."""
+    return torch.stack([t.logits for t in teachers])
+
+
+def feature_distance(pred: torch.Tensor, target: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distance per sample [B] between projected student features and a teacher's features.
+
+    mse: squared Euclidean distance of the L2-normalised vectors (= 2 - 2 cos);
+    cosine: 1 - cos; smooth_l1: mean smooth-L1 over dimensions of the raw vectors.
+    """
+    if distance == "mse":
+        return (F.normalize(pred, dim=1) - F.normalize(target, dim=1)).pow(2).sum(1)
+    if distance == "cosine":
+        return 1 - F.cosine_similarity(pred, target, dim=1)
+    if distance == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, reduction="none").mean(1)
+    raise ValueError(distance)
+
+
+def projector(kind: str, dim_in: int, dim_out: int, hidden: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(dim_in, dim_out)
+    return nn.Sequential(
+        nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out)
+    )

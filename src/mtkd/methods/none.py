@@ -1,0 +1,17 @@
+"""`none`: the student alone. It adds no term; the cross-entropy every run has is the whole loss."""
+
+from __future__ import annotations
+
+import torch
+
+from mtkd.methods.base import Method, StudentOutputs, TeacherOutputs, register
+
+
+@register
+class NoTransfer(Method):
+    name = "none"
+
+    def forward(
+        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {}
