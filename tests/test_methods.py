@@ -1,0 +1,163 @@
+"""Every transfer loss against numbers computed by hand, and KD against torchdistill."""
+
+import math
+
+import pytest
+import torch
+
+from mtkd.errors import MtkdError
+from mtkd.methods import StudentOutputs, TeacherOutputs, build_method
+from mtkd.methods.base import feature_distance, kl_per_sample
+from mtkd.methods.camkd import confidence_weights
+from mtkd.methods.ebkd import entropy_weights
+
+LN3 = math.log(3)
+
+
+def _teacher(logits, features=(1.0, 0.0)):
+    return TeacherOutputs(features=torch.tensor([features]), logits=torch.tensor([logits]))
+
+
+def _student(logits=(0.0, 0.0), features=(1.0, 0.0)):
+    return StudentOutputs(logits=torch.tensor([logits]), features=torch.tensor([features]))
+
+
+def test_kl_by_hand():
+    # teacher p = (3/4, 1/4), student uniform: KL = 3/4 ln(3/2) + 1/4 ln(1/2)
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    got = kl_per_sample(torch.zeros(1, 2), torch.tensor([[0.75, 0.25]]), 1.0)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_kd_by_hand_with_temperature():
+    kd = build_method("kd", {"temperature": 2.0, "weight": 0.5}, 2, [2], 2)
+    # softmax((ln3, 0) / 2) = (sqrt3, 1) / (sqrt3 + 1)
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    kl = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+    terms = kd(_student(), [_teacher((LN3, 0.0))], torch.tensor([0]))
+    assert terms["kd"].item() == pytest.approx(0.5 * 4 * kl, abs=1e-6)
+
+
+def test_kd_matches_torchdistill():
+    td = pytest.importorskip("torchdistill.losses.mid_level")
+    torch.manual_seed(0)
+    s, t, y = torch.randn(16, 10), torch.randn(16, 10), torch.randint(0, 10, (16,))
+    ref = td.KDLoss("s", "o", "t", "o", temperature=4.0, alpha=0.5)({"s": {"o": s}}, {"t": {"o": t}}, y)
+    kd = build_method("kd", {"temperature": 4.0, "weight": 0.5}, 4, [4], 10)
+    ours = (
+        0.5 * torch.nn.functional.cross_entropy(s, y)
+        + kd(StudentOutputs(s, torch.zeros(16, 4)), [TeacherOutputs(torch.zeros(16, 4), t)], y)["kd"]
+    )
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_avg_kd_of_opposite_teachers_is_uniform():
+    avg = build_method("avg_kd", {"temperature": 1.0}, 2, [2, 2], 2)
+    teachers = [_teacher((LN3, 0.0)), _teacher((0.0, LN3))]  # (3/4, 1/4) and (1/4, 3/4)
+    assert avg(_student(), teachers, torch.tensor([0]))["avg_kd"].item() == pytest.approx(0.0, abs=1e-6)
+    # against a student at (3/4, 1/4): KL(uniform || s) = 1/2 ln(1/2 / 3/4) + 1/2 ln(1/2 / 1/4)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(2.0)
+    assert avg(_student((LN3, 0.0)), teachers, torch.tensor([0]))["avg_kd"].item() == pytest.approx(
+        expected, abs=1e-6
+    )
+
+
+def test_entropy_weights_by_hand():
+    logits = torch.tensor([[[math.log(9.0), 0.0]], [[0.0, 0.0]]])  # p = (0.9, 0.1) and uniform
+    h_a = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    h_b = math.log(2)
+    w_a = math.exp(-h_a) / (math.exp(-h_a) + math.exp(-h_b))
+    w = entropy_weights(logits)
+    assert w[0, 0].item() == pytest.approx(w_a, abs=1e-6) and w.sum().item() == pytest.approx(1.0)
+
+
+def test_confidence_weights_by_hand():
+    logits = torch.tensor([[[math.log(9.0), 0.0]], [[0.0, 0.0]]])
+    ce_a, ce_b = -math.log(0.9), -math.log(0.5)
+    s_a = math.exp(ce_a) / (math.exp(ce_a) + math.exp(ce_b))
+    w = confidence_weights(logits, torch.tensor([0]))
+    assert w[0, 0].item() == pytest.approx(1 - s_a, abs=1e-6)  # (1 - softmax_k CE_k) / (K - 1), K = 2
+    assert w[1, 0].item() == pytest.approx(s_a, abs=1e-6)
+    assert confidence_weights(logits[:1], torch.tensor([0])).item() == 1.0
+
+
+def test_camkd_terms_by_hand():
+    cam = build_method("camkd", {"temperature": 1.0, "feature_weight": 2.0}, 2, [2, 2], 2)
+    with torch.no_grad():
+        for p in cam.projectors:
+            p.weight.copy_(torch.eye(2))
+            p.bias.zero_()
+    teachers = [_teacher((math.log(9.0), 0.0), (1.0, 0.0)), _teacher((0.0, 0.0), (0.0, 1.0))]
+    terms = cam(_student(), teachers, torch.tensor([0]))
+    w_a = 1 - math.exp(-math.log(0.9)) / (math.exp(-math.log(0.9)) + 2.0)
+    kl_a = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert terms["camkd"].item() == pytest.approx(w_a * kl_a, abs=1e-6)  # teacher B is uniform: KL 0
+    # student features (1, 0): distance 0 to A, 2 to B (normalised, orthogonal)
+    assert terms["camkd_features"].item() == pytest.approx(2.0 * (1 - w_a) * 2.0, abs=1e-6)
+
+
+def test_feature_distances_by_hand():
+    pred, target = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    assert feature_distance(pred, target, "mse").item() == pytest.approx(2.0)
+    assert feature_distance(pred, target, "cosine").item() == pytest.approx(1.0)
+    assert feature_distance(pred, target, "smooth_l1").item() == pytest.approx((0.5 + 1.5) / 2)
+
+
+def _identity_projectors(method):
+    with torch.no_grad():
+        for p in method.projectors:
+            p.weight.copy_(torch.eye(p.weight.shape[0], p.weight.shape[1]))
+            p.bias.zero_()
+
+
+@pytest.mark.parametrize(
+    ("combine", "expected"), [("sum", 0.5 * (0.0 + 2.0)), ("learned", 0.5 * (0.0 + 2.0))]
+)
+def test_features_sum_and_learned_by_hand(combine, expected):
+    method = build_method(
+        "features", {"combine": combine, "lambda": 3.0}, 2, [2, 2], 2, teachers_have_logits=False
+    )
+    _identity_projectors(method)
+    teachers = [TeacherOutputs(torch.tensor([[2.0, 0.0]])), TeacherOutputs(torch.tensor([[0.0, 5.0]]))]
+    loss = method(_student(), teachers, torch.tensor([0]))["features"]
+    assert loss.item() == pytest.approx(3.0 * expected, abs=1e-6)  # learned starts at equal weights
+
+
+def test_features_concat_by_hand():
+    method = build_method("features", {"combine": "concat"}, 2, [1, 1], 2, teachers_have_logits=False)
+    with torch.no_grad():
+        method.projectors[0].weight.copy_(torch.eye(2))
+        method.projectors[0].bias.zero_()
+    teachers = [TeacherOutputs(torch.tensor([[3.0]])), TeacherOutputs(torch.tensor([[-1.0]]))]
+    # target = (1, -1) / sqrt 2; student (1, 0): |(1, 0) - (1, -1)/sqrt2|^2
+    expected = (1 - 1 / math.sqrt(2)) ** 2 + (1 / math.sqrt(2)) ** 2
+    assert method(_student(), teachers, torch.tensor([0]))["features"].item() == pytest.approx(
+        expected, abs=1e-6
+    )
+
+
+def test_hint_by_hand():
+    opts = {"student_layer": "s", "teacher_layer": "t", "student_channels": 1, "teacher_channels": [1]}
+    hint = build_method("hint", opts, 2, [2], 2, teachers_have_logits=False)
+    with torch.no_grad():
+        hint.adapters[0].weight.fill_(2.0)
+        hint.adapters[0].bias.fill_(1.0)
+    s_map = torch.ones(1, 1, 2, 2)  # adapter: 2 * 1 + 1 = 3 everywhere
+    t_map = torch.arange(16.0).view(1, 1, 4, 4)  # pooled to 2x2: 2.5, 4.5, 10.5, 12.5
+    student = StudentOutputs(torch.zeros(1, 2), torch.zeros(1, 2), {"s": s_map})
+    teacher = TeacherOutputs(torch.zeros(1, 2), maps={"t": t_map})
+    expected = ((3 - 2.5) ** 2 + (3 - 4.5) ** 2 + (3 - 10.5) ** 2 + (3 - 12.5) ** 2) / 4
+    assert hint(student, [teacher], torch.tensor([0]))["hint"].item() == pytest.approx(expected)
+
+
+def test_method_errors_are_one_line():
+    with pytest.raises(MtkdError, match="unknown method 'fitnet'"):
+        build_method("fitnet", {}, 2, [2], 2)
+    with pytest.raises(MtkdError, match="no option 'temp'"):
+        build_method("kd", {"temp": 2}, 2, [2], 2)
+    with pytest.raises(MtkdError, match="bad value for 'combine'"):
+        build_method("features", {"combine": "max"}, 2, [2], 2)
+    with pytest.raises(MtkdError, match="needs teachers adapted"):
+        build_method("avg_kd", {}, 2, [2, 2], 2, teachers_have_logits=False)
+    with pytest.raises(MtkdError, match="exactly one teacher"):
+        build_method("kd", {}, 2, [2, 2], 2)
