@@ -7,6 +7,7 @@ index into the uint8 tensor, and random crop / flip are tensor operations on the
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,28 +27,56 @@ def batch_indices(
         yield order[start : start + batch_size]
 
 
+@dataclass
+class CropFlip:
+    """Per-image augmentation parameters: crop offsets into the padded image, and flips."""
+
+    padding: int
+    dy: torch.Tensor | None
+    dx: torch.Tensor | None
+    flip: torch.Tensor | None
+
+    def __getitem__(self, index: torch.Tensor) -> CropFlip:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return CropFlip(self.padding, pick(self.dy), pick(self.dx), pick(self.flip))
+
+
+def draw_crop_flip(n: int, padding: int, hflip: bool, generator: torch.Generator) -> CropFlip:
+    """Random crop offsets (after `padding` zeros on each side) and flips for n images."""
+    dy = dx = flip = None
+    if padding > 0:
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+    return CropFlip(padding, dy, dx, flip)
+
+
+def apply_crop_flip(images: torch.Tensor, params: CropFlip) -> torch.Tensor:
+    """Apply per-image crop and flip parameters to a [B,C,H,W] batch (on any device)."""
+    b, c, h, w = images.shape
+    dev, p = images.device, params.padding
+    out = images
+    if params.dy is not None:
+        padded = F.pad(images, (p, p, p, p))
+        rows = (params.dy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (params.dx.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        batch = torch.arange(b, device=dev)[:, None, None, None]
+        chan = torch.arange(c, device=dev)[None, :, None, None]
+        out = padded[batch, chan, rows, cols]
+    if params.flip is not None:
+        out = torch.where(params.flip.to(dev)[:, None, None, None], out.flip(-1), out)
+    return out
+
+
 def random_crop_flip(
     images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator
 ) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per image of a [B,C,H,W] batch."""
-    b, c, h, w = images.shape
-    out = images
-    if padding > 0:
-        padded = F.pad(images, (padding, padding, padding, padding))
-        dev = images.device  # offsets come from the CPU generator, so results do not depend on the device
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        batch, chan = (
-            torch.arange(b, device=dev)[:, None, None, None],
-            torch.arange(c, device=dev)[None, :, None, None],
-        )
-        out = padded[batch, chan, rows, cols]
-    if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-    return out
+    """Random crop after zero padding, and random horizontal flip, per image of a [B,C,H,W] batch.
+
+    The random numbers come from the CPU generator, so the result does not depend on the device.
+    """
+    return apply_crop_flip(images, draw_crop_flip(len(images), padding, hflip, generator))
 
 
 class Normalize(torch.nn.Module):

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from mtkd.io import atomic_write
-
-console = Console(stderr=True)
 
 
 class MetricsLog:
@@ -49,21 +43,3 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def make_progress(enabled: bool) -> Progress:
-    """A progress bar with loss, accuracy, images/s and time left; silent when not on a terminal."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:.0f} img/s"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not (enabled and sys.stderr.isatty()),
-    )
-
-
-def say(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)

@@ -9,13 +9,13 @@ import torch
 from rich.markup import escape
 from torch import nn
 
+from mtkd.console import make_progress, say
 from mtkd.data import Dataset, load_dataset
 from mtkd.data.batches import Normalize, batch_indices
 from mtkd.engine.builders import image_transform
 from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
 from mtkd.engine.device import pick_device, set_threads
-from mtkd.engine.logger import make_progress, say
 from mtkd.engine.trainer import FitData, Trainer, Transform, predict
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, write_json

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtkd.console import make_progress, say
 from mtkd.data.batches import batch_indices, epoch_generator
 from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig
-from mtkd.engine.logger import MetricsLog, make_progress, say
+from mtkd.engine.logger import MetricsLog
 from mtkd.errors import MtkdError
 
 # A batch transform: (raw batch, training?, generator) -> model input

@@ -1,0 +1,28 @@
+"""The terminal: one-line messages and progress bars (on stderr, so stdout stays for results)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def make_progress(enabled: bool) -> Progress:
+    """A progress bar with loss, accuracy, images/s and time left; silent when not on a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:.0f} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not (enabled and sys.stderr.isatty()),
+    )
+
+
+def say(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
