@@ -92,14 +92,45 @@ class AdaptConfig(Section):
     feature_batch_size: int = Field(128, ge=1, description="probe: batch size of the one feature pass")
 
 
+class TransferConfig(Section):
+    teachers: list[str] = Field(
+        default_factory=list,
+        description="adapted teachers (run folders of mtkd teacher fit) or ImageNet model names",
+    )
+    methods: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["none"], description="methods by name, or {name: ..., option: ...} mappings"
+    )
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy on the labels")
+    teacher_mode: Literal["cached", "online"] = Field(
+        "cached", description="cached: teachers' outputs computed once"
+    )
+    views: int = Field(
+        4, ge=1, le=64, description="cached augmented views per image (view 0 is the clean image)"
+    )
+    view_seed: int = Field(0, ge=0)
+    cache_dtype: Literal["float16", "float32"] = "float16"
+
+    def method_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        specs = []
+        for m in self.methods:
+            if isinstance(m, str):
+                specs.append((m, {}))
+            else:
+                if "name" not in m:
+                    raise MtkdError(f"transfer.methods: each mapping needs a 'name', got {m}")
+                specs.append((str(m["name"]), {k: v for k, v in m.items() if k != "name"}))
+        return specs
+
+
 class TrainConfig(Section):
-    """`mtkd train`: a student on a dataset."""
+    """`mtkd train`: a student on a dataset, alone or learning from teachers."""
 
     data: DataConfig = DataConfig()
     model: StudentConfig = StudentConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: LoopConfig = LoopConfig()
+    transfer: TransferConfig = TransferConfig()
     output: OutputConfig = OutputConfig()
 
 

@@ -17,6 +17,7 @@ from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
 from mtkd.engine.device import pick_device, set_threads
 from mtkd.engine.trainer import FitData, Trainer, Transform, predict
+from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, write_json
 from mtkd.models.cost import count_macs, count_params
@@ -112,13 +113,19 @@ def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[torch.dev
 
 
 def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train a student alone (cross-entropy) and report its accuracies."""
+    """Train a student, alone or from teachers through transfer methods, and report its accuracies."""
     started = time.time()
     device, dataset = _start(cfg, resume)
     student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
+    teachers = load_teachers(cfg.transfer.teachers, dataset, device)
+    methods = build_methods(cfg, student.num_features, teachers, dataset.num_classes).to(device)
     _write_config(cfg, resume)
+    hflip = _hflip(cfg.train.hflip, dataset)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
-    transform = image_transform(normalize, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
+    transform = image_transform(normalize, cfg.train.crop_padding, hflip)
+    loss_fn = (
+        TransferLoss(student, methods, teachers, dataset, normalize, cfg, hflip, device) if teachers else None
+    )
     meta = {
         "kind": "student",
         "model": {"name": cfg.model.name},
@@ -129,10 +136,15 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     say(
         f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {device}"
     )
-    groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
+    if teachers:
+        extra = sum(p.numel() for p in methods.parameters())
+        say(f"teachers: {', '.join(t.name for t in teachers)}; methods: {', '.join(m.name for m in methods)} "
+            f"({extra:,} extra training parameters, not part of the student)")  # fmt: skip
+    trainable = [p for p in student.parameters() if p.requires_grad] + list(methods.parameters())
     trainer = Trainer(
-        student, data, transform, groups, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device
-    )
+        student, data, transform, [{"params": trainable}], cfg.optim, cfg.schedule, cfg.train, cfg.output, meta,
+        device, loss_fn=loss_fn, extra=methods if teachers else None,
+    )  # fmt: skip
     if resume:
         trainer.resume()
     result = trainer.fit()

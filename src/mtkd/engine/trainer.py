@@ -26,6 +26,10 @@ from mtkd.errors import MtkdError
 
 # A batch transform: (raw batch, training?, generator) -> model input
 Transform = Callable[[torch.Tensor, bool, torch.Generator | None], torch.Tensor]
+# A training loss: (row indices, raw batch, labels, generator) -> (logits, named loss terms)
+LossFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
 
 
 @dataclass
@@ -93,8 +97,12 @@ class Trainer:
         meta: dict,
         device: torch.device,
         saved: nn.Module | None = None,
+        loss_fn: LossFn | None = None,
+        extra: nn.Module | None = None,
     ):
         self.model, self.saved = model, saved if saved is not None else model
+        self.loss_fn = loss_fn or self._cross_entropy
+        self.extra = extra  # trained with the model (a method's projectors), kept only in the resume state
         self.data, self.transform = data, transform
         self.loop, self.schedule, self.out, self.meta, self.device = loop, schedule, out, meta, device
         self.folder = Path(out.dir)
@@ -119,6 +127,8 @@ class Trainer:
             raise MtkdError(f"cannot resume {self.folder}: its config differs at '{diff}'")
         self.saved.load_state_dict(load_weights(meta))
         state = load_train_state(meta)
+        if self.extra is not None:
+            self.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -149,22 +159,36 @@ class Trainer:
             log.close()
         return {"last": row, "best": self.best}
 
+    def _cross_entropy(
+        self, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.model(self.transform(x, True, gen))
+        return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.loop.label_smoothing)}
+
     def _epoch(self, epoch: int) -> dict:
         self.model.train()
+        if self.extra is not None:
+            self.extra.train()
         gen = epoch_generator(self.loop.seed, epoch)
         x, y = self.data.train_x, self.data.train_y
         total_loss, correct, seen = 0.0, 0, 0
+        term_sums: dict[str, float] = {}
         start = time.perf_counter()
         progress = make_progress(self.out.progress)
         with progress:
             task = progress.add_task(f"epoch {epoch}", total=self.steps_per_epoch, loss=0.0, acc=0.0, ips=0.0)
             for index in batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last):
-                inputs = self.transform(x[index].to(self.device, non_blocking=True), True, gen)
+                batch = x[index].to(self.device, non_blocking=True)
                 target = y[index].to(self.device, non_blocking=True)
-                logits = self.model(inputs)
-                loss = F.cross_entropy(logits, target, label_smoothing=self.loop.label_smoothing)
+                logits, terms = self.loss_fn(index, batch, target, gen)
+                loss = torch.stack(list(terms.values())).sum()
                 if not torch.isfinite(loss):
-                    raise MtkdError(f"loss is {loss.item()} at epoch {epoch}; lower the learning rate")
+                    bad = next(k for k, v in terms.items() if not torch.isfinite(v))
+                    raise MtkdError(
+                        f"loss term '{bad}' is {terms[bad].item()} at epoch {epoch}; lower the learning rate"
+                    )
+                for key, value in terms.items():
+                    term_sums[key] = term_sums.get(key, 0.0) + value.item() * len(target)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -185,6 +209,7 @@ class Trainer:
         return {
             "epoch": epoch,
             "train_loss": total_loss / seen,
+            **{f"train_{k}": v / seen for k, v in term_sums.items()},
             "train_acc": correct / seen,
             "val_loss": val_loss,
             "val_acc": val_acc,
@@ -202,6 +227,8 @@ class Trainer:
             "epoch": epoch,
             "best": self.best,
         }
+        if self.extra is not None:
+            state["extra"] = self.extra.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if improved:

@@ -1,0 +1,121 @@
+"""The training loss of a student learning from teachers: cross-entropy plus each method's terms.
+
+Each step, every image of the batch is shown as one of the V cached views (drawn from the
+epoch's generator); the student sees exactly the image whose teacher outputs it reads,
+from the cache (`cached`) or from the teachers run on the spot (`online`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtkd.cache.teacher_cache import TeacherCache, build_cache, images_for, view_params
+from mtkd.data import Dataset
+from mtkd.engine.builders import load_model
+from mtkd.engine.config import TrainConfig
+from mtkd.errors import MtkdError
+from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
+from mtkd.models.teachers import TeacherNet, TeacherSpec
+
+
+@dataclass
+class Teacher:
+    name: str
+    net: TeacherNet
+    sha: str  # identifies its weights (for the cache key)
+    has_logits: bool  # adapted to the dataset's classes
+    cache: TeacherCache | None = None
+
+
+def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> list[Teacher]:
+    teachers = []
+    for name in names:
+        if Path(name).exists():
+            net, meta, _ = load_model(name, device)
+            if meta["kind"] != "teacher":
+                raise MtkdError(f"{name} is a {meta['kind']} checkpoint, not a teacher")
+            if meta["data"]["classes"] != dataset.classes:
+                raise MtkdError(f"teacher {name} was adapted to other classes than {dataset.name}'s")
+            teachers.append(Teacher(name, net, meta["files"]["weights"]["sha256"], True))
+        else:
+            net = TeacherNet(TeacherSpec(name, head="imagenet")).to(device).eval()
+            sha = hashlib.sha256(f"{name}|{net.weights_source}|{net.input_size}".encode()).hexdigest()
+            teachers.append(Teacher(name, net, sha, False))
+        for p in teachers[-1].net.parameters():
+            p.requires_grad_(False)
+    return teachers
+
+
+class TransferLoss:
+    """The LossFn of the trainer for a student with teachers and methods."""
+
+    def __init__(
+        self, student: nn.Module, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset,
+        normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device,
+    ):  # fmt: skip
+        t = cfg.transfer
+        self.student, self.methods, self.teachers = student, methods, teachers
+        self.normalize, self.device, self.cfg = normalize, device, cfg
+        self.images = dataset.train.images
+        self.views = t.views
+        self.params = view_params(len(self.images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
+        if t.teacher_mode == "cached":
+            for teacher in teachers:
+                teacher.cache = build_cache(
+                    teacher.net, teacher.sha, self.images, dataset.train.labels, t.views, cfg.train.crop_padding,
+                    hflip, t.view_seed, t.cache_dtype, teacher.has_logits, device, f"teacher {teacher.name}",
+                )  # fmt: skip
+
+    def teacher_outputs(
+        self, views: torch.Tensor, index: torch.Tensor, images: torch.Tensor
+    ) -> list[TeacherOutputs]:
+        out = []
+        for teacher in self.teachers:
+            if teacher.cache is not None:
+                feats, logits = teacher.cache.get(views, index)
+                feats = feats.to(self.device)
+                logits = logits.to(self.device) if logits is not None else None
+            else:
+                with torch.inference_mode():
+                    fmap = teacher.net.forward_features(images.float() / 255.0)
+                    feats = teacher.net.forward_head(fmap, pre_logits=True).clone()
+                    logits = teacher.net.forward_head(fmap).clone() if teacher.has_logits else None
+            out.append(TeacherOutputs(features=feats, logits=logits))
+        return out
+
+    def __call__(
+        self, index: torch.Tensor, batch: torch.Tensor, target: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        views = torch.randint(0, self.views, (len(index),), generator=gen)
+        images = images_for(self.images, index, views, self.params).to(self.device)
+        fmap = self.student.forward_features(self.normalize(images))
+        pooled = self.student.forward_head(fmap, pre_logits=True)
+        logits = self.student.get_classifier()(pooled)
+        ce = F.cross_entropy(logits, target, label_smoothing=self.cfg.train.label_smoothing)
+        terms = {"ce": self.cfg.transfer.ce_weight * ce}
+        if self.teachers:
+            teachers = self.teacher_outputs(views, index, images)
+            student = StudentOutputs(logits=logits, features=pooled)
+            for method in self.methods:
+                terms.update(method(student, teachers, target))
+        return logits, terms
+
+
+def build_methods(
+    cfg: TrainConfig, student_dim: int, teachers: list[Teacher], num_classes: int
+) -> nn.ModuleList:
+    specs = cfg.transfer.method_specs()
+    dims = [t.net.num_features for t in teachers]
+    have_logits = all(t.has_logits for t in teachers)
+    methods: list[Method] = []
+    for name, options in specs:
+        if name != "none" and not teachers:
+            raise MtkdError(f"method '{name}' needs teachers: set transfer.teachers (--teachers)")
+        methods.append(build_method(name, options, student_dim, dims, num_classes, have_logits))
+    return nn.ModuleList(methods)

@@ -1,0 +1,108 @@
+"""Students learning from teachers: cached and online teachers agree, caches are verified,
+and the method's projectors stay out of the saved student."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from mtkd.cache.teacher_cache import _load, build_cache
+from mtkd.data import load_dataset
+from mtkd.data.batches import Normalize, epoch_generator
+from mtkd.engine.config import TrainConfig, build_config
+from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
+from mtkd.models.pretrained import OFFLINE_WEIGHTS
+from mtkd.models.zoo import create_student
+
+pytestmark = pytest.mark.skipif(
+    OFFLINE_WEIGHTS["mobilenet_v2"].path() is None, reason="offline MobileNetV2 needed"
+)
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    from mtkd.cli.main import main
+
+    out = tmp_path_factory.mktemp("teacher") / "mnv2"
+    main(["teacher", "fit", "--dataset", "digits", "--teacher", "mobilenet_v2", "--input-size", "32",
+          "--epochs", "5", "--lr", "0.003", "--out", str(out)])  # fmt: skip
+    return out
+
+
+def _first_batch_terms(teacher_dir, mode, dtype):
+    cfg = build_config(
+        TrainConfig,
+        overrides={"data.name": "digits", "transfer.teachers": [str(teacher_dir)], "transfer.teacher_mode": mode,
+                   "transfer.methods": ["features", "avg_kd", "camkd"], "transfer.views": 2,
+                   "transfer.cache_dtype": dtype},
+    )  # fmt: skip
+    ds = load_dataset("digits")
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    student = create_student("cnn_small", 10, 1)
+    teachers = load_teachers(cfg.transfer.teachers, ds, dev)
+    methods = build_methods(cfg, student.num_features, teachers, 10)
+    loss = TransferLoss(student, methods, teachers, ds, Normalize(ds.mean, ds.std), cfg, False, dev)
+    index = torch.arange(32)
+    _, terms = loss(index, ds.train.images[index], ds.train.labels[index], epoch_generator(0, 1))
+    return {k: v.item() for k, v in terms.items()}
+
+
+def test_cached_and_online_teachers_give_the_same_losses(digits_teacher):
+    online = _first_batch_terms(digits_teacher, "online", "float32")
+    cached32 = _first_batch_terms(digits_teacher, "cached", "float32")
+    cached16 = _first_batch_terms(digits_teacher, "cached", "float16")
+    assert set(online) == {"ce", "features", "avg_kd", "camkd", "camkd_features"}
+    for key, value in online.items():
+        assert cached32[key] == pytest.approx(value, abs=1e-5)
+        assert abs(cached16[key] - value) < 1e-3
+
+
+def test_a_cache_with_one_flipped_byte_is_rebuilt(digits_teacher):
+    ds = load_dataset("digits")
+    teachers = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))
+    t = teachers[0]
+    args = (
+        t.net,
+        t.sha,
+        ds.train.images,
+        ds.train.labels,
+        2,
+        2,
+        False,
+        5,
+        "float32",
+        True,
+        torch.device("cpu"),
+        "t",
+    )
+    cache = build_cache(*args)
+    path = cache.folder / "features.npy"
+    good = np.array(cache.features)
+    raw = bytearray(path.read_bytes())
+    raw[-7] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert _load(cache.folder) is None  # detected
+    rebuilt = build_cache(*args)
+    assert np.array_equal(np.array(rebuilt.features), good)
+
+
+def test_projectors_stay_out_of_the_saved_student(digits_teacher, tmp_path, capsys):
+    out = tmp_path / "student"
+    code, _, err = run_cli(
+        ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}]", "--methods", "[features, kd]",
+         "--epochs", "2", "--out", out],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    saved = load_file(str(out / "best.safetensors"))
+    bare = create_student("cnn_small", 10, 1)
+    assert set(saved) == set(bare.state_dict())
+    bare.load_state_dict(saved, strict=True)
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "train_features" in header and "train_kd" in header and "train_ce" in header
+    assert "extra" in torch.load(out / "last.state.pt", weights_only=True)
+    assert json.loads((out / "summary.json").read_text())["params"] == 24058
