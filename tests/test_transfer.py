@@ -106,3 +106,15 @@ def test_projectors_stay_out_of_the_saved_student(digits_teacher, tmp_path, caps
     assert "train_features" in header and "train_kd" in header and "train_ce" in header
     assert "extra" in torch.load(out / "last.state.pt", weights_only=True)
     assert json.loads((out / "summary.json").read_text())["params"] == 24058
+
+
+def test_hint_through_hooks_online(digits_teacher, tmp_path, capsys):
+    hint = ("[{name: hint, student_layer: features.4, teacher_layer: body.features.6, "
+            "student_channels: 32, teacher_channels: [32]}]")  # fmt: skip
+    base = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}]", "--methods", hint, "--epochs", "1"]
+    code, _, err = run_cli([*base, "--out", tmp_path / "cached"], capsys)
+    assert code == 2 and "teacher_mode: online" in err
+    assert not (tmp_path / "cached").exists()
+    code, _, err = run_cli([*base, "--set", "transfer.teacher_mode=online", "--out", tmp_path / "online"], capsys)
+    assert code == 0, err
+    assert "train_hint" in (tmp_path / "online" / "metrics.csv").read_text().splitlines()[0]

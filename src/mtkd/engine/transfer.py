@@ -21,6 +21,7 @@ from mtkd.engine.builders import load_model
 from mtkd.engine.config import TrainConfig
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
+from mtkd.models.hooks import FeatureHooks
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 
 
@@ -65,6 +66,16 @@ class TransferLoss:
         self.images = dataset.train.images
         self.views = t.views
         self.params = view_params(len(self.images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
+        student_paths = sorted({p for m in methods for p in m.student_maps()})
+        self.teacher_paths = sorted({p for m in methods for p in m.teacher_maps()})
+        if self.teacher_paths and t.teacher_mode == "cached":
+            raise MtkdError(
+                "methods that read teachers' intermediate maps (hint) need transfer.teacher_mode: online"
+            )
+        self.student_hooks = FeatureHooks(student, student_paths) if student_paths else None
+        self.teacher_hooks = (
+            [FeatureHooks(x.net, self.teacher_paths) for x in teachers] if self.teacher_paths else []
+        )
         if t.teacher_mode == "cached":
             for teacher in teachers:
                 teacher.cache = build_cache(
@@ -76,7 +87,7 @@ class TransferLoss:
         self, views: torch.Tensor, index: torch.Tensor, images: torch.Tensor
     ) -> list[TeacherOutputs]:
         out = []
-        for teacher in self.teachers:
+        for k, teacher in enumerate(self.teachers):
             if teacher.cache is not None:
                 feats, logits = teacher.cache.get(views, index)
                 feats = feats.to(self.device)
@@ -86,7 +97,10 @@ class TransferLoss:
                     fmap = teacher.net.forward_features(images.float() / 255.0)
                     feats = teacher.net.forward_head(fmap, pre_logits=True).clone()
                     logits = teacher.net.forward_head(fmap).clone() if teacher.has_logits else None
-            out.append(TeacherOutputs(features=feats, logits=logits))
+            maps = (
+                {p: m.clone() for p, m in self.teacher_hooks[k].outputs.items()} if self.teacher_hooks else {}
+            )
+            out.append(TeacherOutputs(features=feats, logits=logits, maps=maps))
         return out
 
     def __call__(
@@ -101,7 +115,8 @@ class TransferLoss:
         terms = {"ce": self.cfg.transfer.ce_weight * ce}
         if self.teachers:
             teachers = self.teacher_outputs(views, index, images)
-            student = StudentOutputs(logits=logits, features=pooled)
+            maps = self.student_hooks.outputs if self.student_hooks else {}
+            student = StudentOutputs(logits=logits, features=pooled, maps=maps)
             for method in self.methods:
                 terms.update(method(student, teachers, target))
         return logits, terms
