@@ -26,3 +26,16 @@ def make_progress(enabled: bool) -> Progress:
 
 def say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
+
+
+class Milestones:
+    """Plain progress lines every 10% for logs, where no progress bar is drawn (not a terminal)."""
+
+    def __init__(self, label: str, total: int, done: int = 0):
+        self.label, self.total = label, max(1, total)
+        self.next = (done * 10 // self.total + 1) if not sys.stderr.isatty() else 11
+
+    def update(self, done: int, ips: float) -> None:
+        if self.next <= 10 and done * 10 >= self.next * self.total:
+            say(f"{self.label}: {100 * done // self.total}% ({done}/{self.total}, {ips:.0f} img/s)")
+            self.next = done * 10 // self.total + 1

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtkd.console import make_progress, say
+from mtkd.console import Milestones, make_progress, say
 from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip
 from mtkd.io import cache_dir, read_json, sha256_file, write_json
 from mtkd.models.teachers import TeacherNet
@@ -138,7 +138,7 @@ def build_cache(
     params = view_params(n, views, padding, hflip, seed)
     total = views * n
     say(f"{label}: caching {views} view(s) of {n} images ({total - done} forward passes left) in {folder}")
-    bar = make_progress(True)
+    bar, lines = make_progress(True), Milestones(label, total, done)
     start, computed = time.perf_counter(), 0
     with bar:
         task = bar.add_task(label, total=total, completed=done, loss=0.0, acc=0.0, ips=0.0)
@@ -161,7 +161,9 @@ def build_cache(
                 done = row + len(index)
                 write_json(progress_path, {"done": done})
                 computed += len(index)
-                bar.update(task, completed=done, ips=computed / (time.perf_counter() - start))
+                ips = computed / (time.perf_counter() - start)
+                bar.update(task, completed=done, ips=ips)
+                lines.update(done, ips)
     files = {}
     for name, arr in partial.items():
         arr.flush()

@@ -9,7 +9,7 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from mtkd.console import make_progress, say
+from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, load_dataset
 from mtkd.data.batches import Normalize, batch_indices
 from mtkd.engine.builders import image_transform
@@ -163,11 +163,14 @@ def _extract(
     with progress:
         task = progress.add_task(label, total=len(images), loss=0.0, acc=0.0, ips=0.0)
         start, done = time.perf_counter(), 0
+        lines = Milestones(label, len(images))
         for index in batch_indices(len(images), batch_size, False):
             fmap = teacher.forward_features(images[index].to(device).float() / 255.0)
             out.append((teacher.forward_head(fmap, pre_logits=True) if pooled else fmap).cpu())
             done += len(index)
-            progress.update(task, advance=len(index), ips=done / (time.perf_counter() - start))
+            ips = done / (time.perf_counter() - start)
+            progress.update(task, advance=len(index), ips=ips)
+            lines.update(done, ips)
     return torch.cat(out)
 
 
