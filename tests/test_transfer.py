@@ -2,6 +2,7 @@
 and the method's projectors stay out of the saved student."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -111,10 +112,63 @@ def test_projectors_stay_out_of_the_saved_student(digits_teacher, tmp_path, caps
 def test_hint_through_hooks_online(digits_teacher, tmp_path, capsys):
     hint = ("[{name: hint, student_layer: features.4, teacher_layer: body.features.6, "
             "student_channels: 32, teacher_channels: [32]}]")  # fmt: skip
-    base = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}]", "--methods", hint, "--epochs", "1"]
+    base = [
+        "train",
+        "--dataset",
+        "digits",
+        "--teachers",
+        f"[{digits_teacher}]",
+        "--methods",
+        hint,
+        "--epochs",
+        "1",
+    ]
     code, _, err = run_cli([*base, "--out", tmp_path / "cached"], capsys)
     assert code == 2 and "teacher_mode: online" in err
     assert not (tmp_path / "cached").exists()
-    code, _, err = run_cli([*base, "--set", "transfer.teacher_mode=online", "--out", tmp_path / "online"], capsys)
+    code, _, err = run_cli(
+        [*base, "--set", "transfer.teacher_mode=online", "--out", tmp_path / "online"], capsys
+    )
     assert code == 0, err
     assert "train_hint" in (tmp_path / "online" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, monkeypatch):
+    from mtkd.cache import teacher_cache
+
+    ds = load_dataset("digits")
+    t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
+    args = (
+        t.net,
+        t.sha,
+        ds.train.images,
+        ds.train.labels,
+        3,
+        2,
+        True,
+        9,
+        "float32",
+        True,
+        torch.device("cpu"),
+        "t",
+    )
+    monkeypatch.setattr(teacher_cache, "CHUNK", 200)
+    calls = {"n": 0}
+    original = teacher_cache.write_json
+
+    def crash_after_two_chunks(path, obj):
+        original(path, obj)
+        if path.name == "progress.json":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(teacher_cache, "write_json", crash_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(*args)
+    monkeypatch.setattr(teacher_cache, "write_json", original)
+    resumed = build_cache(*args)
+    shutil.rmtree(resumed.folder)
+    fresh = build_cache(*args)
+    assert np.array_equal(np.array(resumed.features), np.array(fresh.features))
+    assert np.array_equal(np.array(resumed.logits), np.array(fresh.logits))

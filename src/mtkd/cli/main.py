@@ -21,7 +21,7 @@ ALIASES = {
         "--dataset": "data.name", "--data-dir": "data.data_dir", "--model": "model.name",
         "--epochs": "schedule.epochs", "--lr": "optim.lr", "--batch-size": "train.batch_size",
         "--seed": "train.seed", "--device": "train.device", "--out": "output.dir",
-        "--teachers": "transfer.teachers", "--methods": "transfer.methods",
+        "--teachers": "transfer.teachers", "--methods": "transfer.methods", "--teacher-mode": "transfer.teacher_mode",
     },
     "teacher fit": {
         "--dataset": "data.name", "--data-dir": "data.data_dir", "--teacher": "teacher.name",

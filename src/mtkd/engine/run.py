@@ -71,6 +71,7 @@ def _finish(
         "name": meta["model"]["name"],
         "dataset": dataset.name,
         "params": count_params(model),
+        "extra_train_params": count_params(trainer.extra) if trainer.extra is not None else 0,
         "macs": count_macs(model, (c, h, w)),
         "best_epoch": result["best"]["epoch"],
         "val_acc": best_val,
@@ -119,13 +120,13 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
     teachers = load_teachers(cfg.transfer.teachers, dataset, device)
     methods = build_methods(cfg, student.num_features, teachers, dataset.num_classes).to(device)
-    _write_config(cfg, resume)
     hflip = _hflip(cfg.train.hflip, dataset)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
     transform = image_transform(normalize, cfg.train.crop_padding, hflip)
     loss_fn = (
         TransferLoss(student, methods, teachers, dataset, normalize, cfg, hflip, device) if teachers else None
     )
+    _write_config(cfg, resume)
     meta = {
         "kind": "student",
         "model": {"name": cfg.model.name},
