@@ -13,6 +13,7 @@ from mtkd.engine.config import DataConfig
 from mtkd.engine.device import pick_device
 from mtkd.engine.run import open_dataset
 from mtkd.engine.trainer import predict
+from mtkd.errors import MtkdError
 from mtkd.io import write_json
 
 
@@ -38,8 +39,6 @@ def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", ba
     data_cfg = DataConfig(**meta["config"]["data"])
     dataset = open_dataset(data_cfg)
     if dataset.classes != meta["data"]["classes"]:
-        from mtkd.errors import MtkdError
-
         raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
     images = dataset.split(split)
     logits = predict(model, images.images, transform, batch_size, dev)

@@ -21,7 +21,7 @@ from mtkd.engine.builders import load_model
 from mtkd.engine.config import TrainConfig
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
-from mtkd.models.hooks import FeatureHooks
+from mtkd.models.hooks import FeatureHooks, pooled_features
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 
 
@@ -108,9 +108,7 @@ class TransferLoss:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         views = torch.randint(0, self.views, (len(index),), generator=gen)
         images = images_for(self.images, index, views, self.params).to(self.device)
-        fmap = self.student.forward_features(self.normalize(images))
-        pooled = self.student.forward_head(fmap, pre_logits=True)
-        logits = self.student.get_classifier()(pooled)
+        pooled, logits = pooled_features(self.student, self.normalize(images))
         ce = F.cross_entropy(logits, target, label_smoothing=self.cfg.train.label_smoothing)
         terms = {"ce": self.cfg.transfer.ce_weight * ce}
         if self.teachers:

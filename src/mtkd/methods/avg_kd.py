@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from mtkd.methods.base import Method, StudentOutputs, TeacherOutputs, kl_per_sample, register, softened
-from mtkd.methods.kd import KDOptions
+from mtkd.methods.base import StudentOutputs, TeacherOutputs, kl_per_sample, register, softened
+from mtkd.methods.kd import LogitMethod
 
 
 @register
-class AverageKD(Method):
+class AverageKD(LogitMethod):
     name = "avg_kd"
-    Options = KDOptions
-    needs_logits = True
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor

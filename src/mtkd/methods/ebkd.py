@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from mtkd.methods.base import (
-    Method,
     StudentOutputs,
     TeacherOutputs,
     kl_per_sample,
@@ -17,7 +16,7 @@ from mtkd.methods.base import (
     softened,
     teacher_logits,
 )
-from mtkd.methods.kd import KDOptions
+from mtkd.methods.kd import LogitMethod
 
 
 def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
@@ -28,10 +27,8 @@ def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class EntropyKD(Method):
+class EntropyKD(LogitMethod):
     name = "ebkd"
-    Options = KDOptions
-    needs_logits = True
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor

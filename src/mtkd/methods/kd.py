@@ -23,11 +23,16 @@ class KDOptions(MethodOptions):
     temperature: float = Field(4.0, gt=0)
 
 
-@register
-class KD(Method):
-    name = "kd"
+class LogitMethod(Method):
+    """Base of the methods that distil the teachers' class probabilities at a temperature."""
+
     Options = KDOptions
     needs_logits = True
+
+
+@register
+class KD(LogitMethod):
+    name = "kd"
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
