@@ -29,6 +29,9 @@ def _one_line_error(code, err):
         (["--set", "optim.lr"], "--set takes key=value"),
         (["--config", "/nonexistent.yaml"], "config file not found"),
         (["--resume"], "nothing to resume"),
+        (["--teachers", "[runs/no-such-teacher]"], "teacher checkpoint not found: runs/no-such-teacher"),
+        (["--methods", "[fitnet]"], "unknown method 'fitnet'"),
+        (["--methods", "[features]"], "method 'features' needs teachers"),
     ],
 )
 def test_train_config_errors(args, expected, tmp_path, capsys):

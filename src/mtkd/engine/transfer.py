@@ -21,6 +21,7 @@ from mtkd.engine.builders import load_model
 from mtkd.engine.config import TrainConfig
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
+from mtkd.methods.base import method_class
 from mtkd.models.hooks import FeatureHooks, pooled_features
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 
@@ -44,6 +45,8 @@ def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> l
             if meta["data"]["classes"] != dataset.classes:
                 raise MtkdError(f"teacher {name} was adapted to other classes than {dataset.name}'s")
             teachers.append(Teacher(name, net, meta["files"]["weights"]["sha256"], True))
+        elif "/" in name.removeprefix("timm:").removeprefix("torchvision:") or name.endswith(".json"):
+            raise MtkdError(f"teacher checkpoint not found: {name}")
         else:
             net = TeacherNet(TeacherSpec(name, head="imagenet")).to(device).eval()
             sha = hashlib.sha256(f"{name}|{net.weights_source}|{net.input_size}".encode()).hexdigest()
@@ -128,6 +131,7 @@ def build_methods(
     have_logits = all(t.has_logits for t in teachers)
     methods: list[Method] = []
     for name, options in specs:
+        method_class(name)  # an unknown name is reported before anything else
         if name != "none" and not teachers:
             raise MtkdError(f"method '{name}' needs teachers: set transfer.teachers (--teachers)")
         methods.append(build_method(name, options, student_dim, dims, num_classes, have_logits))

@@ -71,13 +71,17 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise MtkdError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
 def build_method(
     name: str, options: dict[str, Any], student_dim: int, teacher_dims: list[int], num_classes: int,
     teachers_have_logits: bool = True,
 ) -> Method:  # fmt: skip
-    if name not in METHODS:
-        raise MtkdError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
-    cls = METHODS[name]
+    cls = method_class(name)
     try:
         opts = cls.Options.model_validate(options)
     except ValidationError as err:
