@@ -40,17 +40,16 @@ def view_params(n: int, views: int, padding: int, hflip: bool, seed: int) -> lis
 
 
 def images_for(
-    images: torch.Tensor, index: torch.Tensor, views: torch.Tensor, params: list[CropFlip | None]
+    batch: torch.Tensor, index: torch.Tensor, views: torch.Tensor, params: list[CropFlip | None]
 ) -> torch.Tensor:
-    """The uint8 images `index`, each as its view `views[i]`."""
-    batch = images[index]
+    """The uint8 images `batch` (rows `index` of the split), each as its view `views[i]`."""
     out = batch.clone()
     for v, p in enumerate(params):
         if p is None:
             continue
         mask = views == v
         if mask.any():
-            out[mask] = apply_crop_flip(batch[mask], p[index[mask]])
+            out[mask] = apply_crop_flip(batch[mask], p[index[mask].cpu()])
     return out
 
 

@@ -66,9 +66,9 @@ class TransferLoss:
         t = cfg.transfer
         self.student, self.methods, self.teachers = student, methods, teachers
         self.normalize, self.device, self.cfg = normalize, device, cfg
-        self.images = dataset.train.images
+        images = dataset.train.images
         self.views = t.views
-        self.params = view_params(len(self.images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
+        self.params = view_params(len(images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
         student_paths = sorted({p for m in methods for p in m.student_maps()})
         self.teacher_paths = sorted({p for m in methods for p in m.teacher_maps()})
         if self.teacher_paths and t.teacher_mode == "cached":
@@ -82,7 +82,7 @@ class TransferLoss:
         if t.teacher_mode == "cached":
             for teacher in teachers:
                 teacher.cache = build_cache(
-                    teacher.net, teacher.sha, self.images, dataset.train.labels, t.views, cfg.train.crop_padding,
+                    teacher.net, teacher.sha, images, dataset.train.labels, t.views, cfg.train.crop_padding,
                     hflip, t.view_seed, t.cache_dtype, teacher.has_logits, device, f"teacher {teacher.name}",
                 )  # fmt: skip
 
@@ -110,7 +110,7 @@ class TransferLoss:
         self, index: torch.Tensor, batch: torch.Tensor, target: torch.Tensor, gen: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         views = torch.randint(0, self.views, (len(index),), generator=gen)
-        images = images_for(self.images, index, views, self.params).to(self.device)
+        images = images_for(batch, index, views.to(batch.device), self.params)
         pooled, logits = pooled_features(self.student, self.normalize(images))
         ce = F.cross_entropy(logits, target, label_smoothing=self.cfg.train.label_smoothing)
         terms = {"ce": self.cfg.transfer.ce_weight * ce}

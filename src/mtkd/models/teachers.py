@@ -110,8 +110,7 @@ class TeacherNet(nn.Module):
         self.input_size = spec.input_size or native
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        fmap_shape = self._feature_map_shape()
-        self.num_features = self._pooled_dim()
+        fmap_shape, self.num_features = self._output_shapes()
         if spec.head == "imagenet":
             self.head = imagenet_head
             self._head_takes_map = True
@@ -131,21 +130,14 @@ class TeacherNet(nn.Module):
             self._head_takes_map = True
 
     @torch.no_grad()
-    def _feature_map_shape(self) -> tuple[int, ...]:
+    def _output_shapes(self) -> tuple[tuple[int, ...], int]:
+        """(feature map shape C, H, W at the input size, pooled feature width), from one dummy pass."""
         was_training = self.training
         self.eval()
         fmap = self.body(torch.zeros(1, 3, self.input_size, self.input_size))
+        pooled = self.pool(fmap)
         self.train(was_training)
-        self._fmap_shape = tuple(fmap.shape[1:])
-        return self._fmap_shape
-
-    @torch.no_grad()
-    def _pooled_dim(self) -> int:
-        was_training = self.training
-        self.eval()
-        dim = self.pool(torch.zeros(1, *self._fmap_shape)).shape[-1]
-        self.train(was_training)
-        return int(dim)
+        return tuple(fmap.shape[1:]), int(pooled.shape[-1])
 
     def backbone_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The backbone's parameters under the names they have in the original timm/torchvision model."""
