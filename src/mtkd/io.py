@@ -84,3 +84,40 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, what: str, wait: bool) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (an advisory flock, released when the process dies).
+
+    With `wait`, a second process says what it waits for and blocks until the holder is done;
+    without, it stops with a one-line error naming the holder's pid.
+    """
+    import fcntl
+
+    from mtkd.errors import MtkdError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            if not wait:
+                raise MtkdError(
+                    f"{what} is in use by process {holder} ({path}); wait for it to finish"
+                ) from None
+            from mtkd.console import say
+
+            say(f"waiting for process {holder}, which holds {what}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()

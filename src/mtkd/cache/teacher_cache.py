@@ -25,7 +25,7 @@ import torch
 
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip
-from mtkd.io import cache_dir, read_json, sha256_file, write_json
+from mtkd.io import cache_dir, file_lock, read_json, sha256_file, write_json
 from mtkd.models.teachers import TeacherNet
 
 CHUNK = 256
@@ -115,6 +115,28 @@ def build_cache(
     """Load the cache for this teacher and these images, building (or finishing) it first if needed."""
     key = cache_key(teacher_sha, content_hash(images, labels), views, padding, hflip, seed, dtype)
     folder = cache_dir() / "teachers" / key
+    # Two runs needing the same cache (a study's parallel jobs): one builds, the other waits, then loads.
+    with file_lock(folder.parent / f"{key}.lock", f"teacher cache {key}", wait=True):
+        return _load_or_build(
+            folder,
+            teacher,
+            teacher_sha,
+            images,
+            views,
+            padding,
+            hflip,
+            seed,
+            dtype,
+            with_logits,
+            device,
+            label,
+        )
+
+
+def _load_or_build(
+    folder: Path, teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, views: int, padding: int,
+    hflip: bool, seed: int, dtype: str, with_logits: bool, device: torch.device, label: str,
+) -> TeacherCache:  # fmt: skip
     cached = _load(folder)
     if cached is not None:
         return cached

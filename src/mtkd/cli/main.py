@@ -1,4 +1,4 @@
-"""`mtkd`: datasets, models, teacher fit, train, evaluate, predict, export, summary.
+"""`mtkd`: datasets, models, teacher fit, train, study, evaluate, predict, export, summary.
 
 Every config option is a flag (`--optim.lr 0.05`), and `--set optim.lr=0.05` does the same;
 a few common ones have short aliases (`--dataset`, `--model`, `--epochs`, ...). Problems with
@@ -158,6 +158,14 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"in [0,1]); onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e}")  # fmt: skip
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from mtkd.study.config import load_study_config
+    from mtkd.study.runner import run_study
+
+    cfg = load_study_config(args.config, args.set, args.out)
+    run_study(cfg, workers=args.jobs, report=True, run=not args.report_only)
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from mtkd.io import read_json
 
@@ -235,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "study",
+        help="run a study (teachers x methods x seeds) and write its report answering the three questions",
+    )
+    p.add_argument("config", help="study YAML (see configs/demo/study.yaml)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
+    p.add_argument("--out", help="study folder (default: the config's output)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study key")
+    p.add_argument(
+        "--report-only", action="store_true", help="write the report from the finished runs, run nothing"
+    )
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("summary", help="table of the finished runs under a folder")
     p.add_argument("folder")

@@ -57,14 +57,18 @@ def _finish(
     folder, model = trainer.folder, trainer.saved
     test, val = dataset.test, dataset.val
 
-    def accuracy(x: torch.Tensor, labels: torch.Tensor) -> float:
+    def predicted(x: torch.Tensor) -> torch.Tensor:
         logits = predict(trainer.model, x, trainer.transform, trainer.loop.eval_batch_size, trainer.device)
-        return (logits.argmax(1) == labels).float().mean().item()
+        return logits.argmax(1)
 
-    last_test = accuracy(test_x, test.labels)
+    last_test = (predicted(test_x) == test.labels).float().mean().item()
     best_meta = read_meta(folder / "best.json")
     model.load_state_dict(load_weights(best_meta))
-    best_val, best_test = accuracy(trainer.data.val_x, val.labels), accuracy(test_x, test.labels)
+    best_val = (predicted(trainer.data.val_x) == val.labels).float().mean().item()
+    test_pred = predicted(test_x)
+    best_test = (test_pred == test.labels).float().mean().item()
+    confusion = torch.zeros(dataset.num_classes, dataset.num_classes, dtype=torch.long)
+    confusion.index_put_((test.labels, test_pred), torch.ones_like(test_pred), accumulate=True)
     c, h, w = dataset.channels, *dataset.image_size
     report = {
         "kind": meta["kind"],
@@ -81,7 +85,10 @@ def _finish(
         "seconds": round(time.time() - started, 1),
     }
     save_checkpoint(folder, "best", model, {**best_meta_clean(best_meta), "report": report})
-    write_json(folder / "summary.json", report)
+    # The test confusion matrix of the best-on-validation weights (rows: true class, columns: predicted).
+    write_json(
+        folder / "summary.json", {**report, "classes": dataset.classes, "test_confusion": confusion.tolist()}
+    )
     say(
         f"[bold]{report['name']}[/bold] on {dataset.name}: test acc {best_test:.4f} (best val epoch "
         f"{report['best_epoch']}), {last_test:.4f} (last epoch); {report['params']:,} params, "

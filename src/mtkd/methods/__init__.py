@@ -4,6 +4,6 @@ Importing this package registers every method; `METHODS` maps names to classes.
 """
 
 from mtkd.methods import avg_kd, camkd, ebkd, features, hint, kd, none  # noqa: F401 - registration
-from mtkd.methods.base import METHODS, Method, StudentOutputs, TeacherOutputs, build_method
+from mtkd.methods.base import METHODS, Method, StudentOutputs, TeacherOutputs, build_method, method_class
 
-__all__ = ["METHODS", "Method", "StudentOutputs", "TeacherOutputs", "build_method"]
+__all__ = ["METHODS", "Method", "method_class", "StudentOutputs", "TeacherOutputs", "build_method"]

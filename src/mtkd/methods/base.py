@@ -44,6 +44,7 @@ class Method(nn.Module):
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_logits: ClassVar[bool] = False  # needs teachers adapted to the dataset's classes
+    max_teachers: ClassVar[int | None] = None  # None: any number of teachers
 
     def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__()
@@ -99,9 +100,10 @@ def build_method(
             f"method '{name}' needs teachers adapted to the dataset's classes (mtkd teacher fit); "
             "raw ImageNet teachers only give features: use 'features'"
         )
-    if name == "kd" and len(teacher_dims) != 1:
+    if cls.max_teachers is not None and len(teacher_dims) > cls.max_teachers:
         raise MtkdError(
-            f"method 'kd' takes exactly one teacher, got {len(teacher_dims)} (use avg_kd, ebkd or camkd)"
+            f"method '{name}' takes at most {cls.max_teachers} teacher(s), got {len(teacher_dims)} "
+            "(use avg_kd, ebkd or camkd)"
         )
     return cls(opts, student_dim, teacher_dims, num_classes)
 

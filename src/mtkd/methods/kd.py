@@ -33,6 +33,7 @@ class LogitMethod(Method):
 @register
 class KD(LogitMethod):
     name = "kd"
+    max_teachers = 1
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor

@@ -1,0 +1,184 @@
+"""The study config: a dataset, one or more students, a teacher pool, methods, seeds and a budget.
+
+A study YAML is short; its `student` and `teacher_fit` sections are partial `mtkd train` and
+`mtkd teacher fit` configs shared by every run, and each entry of `students` / `teachers` may
+override them. Every run's config is built and validated before anything runs, so a typo in
+the study file is one line at the start, not a failure an hour in.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from mtkd.engine.config import (
+    DataConfig,
+    Section,
+    StudentConfig,
+    TeacherConfig,
+    TeacherFitConfig,
+    TrainConfig,
+    _format_error,
+    _merge,
+    build_config,
+    read_yaml,
+    set_dotted,
+)
+from mtkd.errors import MtkdError
+
+
+class LatencyConfig(Section):
+    batch_size: int = Field(1, ge=1, description="images per forward pass when timing inference")
+    repeats: int = Field(30, ge=1, le=10_000, description="timed forward passes (after 5 warm-up ones)")
+    threads: int = Field(1, ge=1, description="CPU threads while timing (1: the edge-device case)")
+
+
+class StudyConfig(Section):
+    """`mtkd study`: the grid that answers the paper's three questions."""
+
+    name: str = Field("study", description="a name for the report's title")
+    output: Path = Field(Path("runs/study"), description="the study folder (runs, state, report)")
+    data: DataConfig = DataConfig()
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds of every student config")
+    teacher_seed: int = Field(0, ge=0, description="teachers are adapted once, with this seed")
+    max_teachers: int = Field(2, ge=1, le=8, description="combinations of the pool up to this size")
+    methods: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["none", "features"],
+        description="transfer methods compared (none is always added); {name:, label:, options}",
+    )
+    student: dict[str, Any] = Field(
+        default_factory=dict, description="partial mtkd train config for every student"
+    )
+    students: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="student models by name, or partial train configs (default: student)",
+    )
+    teacher_fit: dict[str, Any] = Field(default_factory=dict, description="partial mtkd teacher fit config")
+    teachers: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="the pool: model names, partial teacher-fit configs, or {checkpoint: adapted run folder}",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the answers")
+    latency: LatencyConfig = LatencyConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+        return v
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text).strip("-")
+
+
+def method_label(spec: str | dict[str, Any]) -> tuple[str, str | dict[str, Any]]:
+    """A method's short, folder-safe label and the spec passed to transfer.methods."""
+    if isinstance(spec, str):
+        return _slug(spec), spec
+    if "name" not in spec:
+        raise MtkdError(f"study methods: each mapping needs a 'name', got {spec}")
+    spec = dict(spec)
+    label = spec.pop("label", None)
+    if label is None:
+        options = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        label = f"{spec['name']}({options})" if options else str(spec["name"])
+    return _slug(str(label)), spec
+
+
+def _entry_tree(entry: str | dict[str, Any], sections: set[str], leaf: str, inner: set[str]) -> dict:
+    """A pool entry as a partial config: a name, section mappings, or the inner section's own keys."""
+    if isinstance(entry, str):
+        return {leaf: {"name": entry}}
+    tree: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in sections:
+            tree[key] = value
+        elif key in inner:
+            set_dotted(tree, f"{leaf}.{key}", value)
+        elif key != "label":
+            raise MtkdError(
+                f"unknown key '{key}' in a study entry (use {', '.join(sorted(sections | inner))})"
+            )
+    return tree
+
+
+def _validated(model: type[Section], tree: dict, where: str) -> Section:
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise MtkdError(f"{where}: {_format_error(model, err)}") from None
+
+
+def student_configs(cfg: StudyConfig) -> dict[str, dict]:
+    """label -> partial train config tree (without data, seed, transfer.teachers/methods, output)."""
+    sections = set(TrainConfig.model_fields)
+    entries = cfg.students or [{}]
+    out: dict[str, dict] = {}
+    for entry in entries:
+        tree = _merge(cfg.student, _entry_tree(entry, sections, "model", set(StudentConfig.model_fields)))
+        for forbidden in ("data", "output"):
+            if forbidden in tree:
+                raise MtkdError(f"study student: '{forbidden}' is set by the study, not per student")
+        base = _validated(TrainConfig, tree, "study student")
+        label = (
+            _slug(entry.get("label", ""))
+            if isinstance(entry, dict) and entry.get("label")
+            else base.model.name
+        )
+        if label in out:
+            raise MtkdError(f"study students: '{label}' appears twice (give one a label)")
+        out[label] = tree
+    return out
+
+
+def teacher_entries(cfg: StudyConfig) -> dict[str, dict]:
+    """label -> {'checkpoint': path} or a partial teacher-fit config tree."""
+    if not cfg.teachers:
+        return {}
+    sections = set(TeacherFitConfig.model_fields)
+    out: dict[str, dict] = {}
+    for entry in cfg.teachers:
+        if isinstance(entry, dict) and "checkpoint" in entry:
+            path = Path(entry["checkpoint"])
+            if not (path / "best.json").is_file():
+                raise MtkdError(
+                    f"study teacher checkpoint {path}: no adapted teacher there (best.json missing)"
+                )
+            label = _slug(str(entry.get("label") or path.name))
+            tree: dict[str, Any] = {"checkpoint": str(path)}
+        else:
+            tree = _merge(
+                cfg.teacher_fit, _entry_tree(entry, sections, "teacher", set(TeacherConfig.model_fields))
+            )
+            for forbidden in ("data", "output"):
+                if forbidden in tree:
+                    raise MtkdError(f"study teacher: '{forbidden}' is set by the study, not per teacher")
+            base = _validated(TeacherFitConfig, tree, "study teacher")
+            label = (
+                _slug(str(entry.get("label")))
+                if isinstance(entry, dict) and entry.get("label")
+                else base.teacher.name
+            )
+        if label in out:
+            raise MtkdError(f"study teachers: '{label}' appears twice (give one a label)")
+        out[label] = tree
+    return out
+
+
+def load_study_config(
+    path: str | Path, sets: list[str] | None = None, output: str | None = None
+) -> StudyConfig:
+    """Defaults, then the YAML file, then --set overrides; `name` defaults to the file's stem."""
+    overrides: dict[str, Any] = {}
+    if "name" not in read_yaml(path):
+        overrides["name"] = Path(path).stem
+    if output is not None:
+        overrides["output"] = output
+    cfg = build_config(StudyConfig, path, overrides, sets)
+    assert isinstance(cfg, StudyConfig)
+    return cfg

@@ -1,0 +1,263 @@
+"""The study report: results.csv, results.json, PNG plots, report.md and a self-contained report.html.
+
+The report is a list of blocks (headings, paragraphs, tables, images) rendered twice, to
+Markdown (images as files next to it) and to HTML (images embedded), so both say the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+
+from mtkd.console import say
+from mtkd.io import atomic_write, read_json
+from mtkd.study import plots
+from mtkd.study.answers import Group, answer, best_by_val, student_groups
+from mtkd.study.config import StudyConfig
+from mtkd.study.plan import Job
+from mtkd.study.results import add_latency, collect, write_results
+
+Block = tuple
+
+
+def _acc(mean: float, std: float | None = None) -> str:
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def _diff(test: dict) -> str:
+    return f"{100 * test['diff']:+.2f} ± {100 * test['diff_std']:.2f}"
+
+
+def _teacher_rows(rows: list[dict], study: Path) -> list[list[str]]:
+    out = []
+    for r in rows:
+        if r["kind"] != "teacher":
+            continue
+        cfg = (
+            read_json(study / r["run"] / "best.json")
+            if not Path(r["run"]).is_absolute()
+            else read_json(Path(r["run"]) / "best.json")
+        )
+        spec = cfg["model"]
+        how = f"{spec.get('mode', '?')}, {spec.get('head')} head, {spec.get('input_size')} px"
+        out.append([r["teachers"], how, f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M",
+                    f"{r['latency_ms']:.2f}", _acc(r["val_acc"]), _acc(r["test_acc"]), _acc(r["test_acc_last"])])  # fmt: skip
+    return out
+
+
+def _blocks(
+    cfg: StudyConfig, rows: list[dict], summaries: dict, answers: dict, failures: list[str], study: Path
+) -> list[Block]:
+    seeds = ", ".join(map(str, cfg.seeds))
+    b: list[Block] = [("h1", f"mtkd study: {cfg.name}")]
+    b.append(("p", f"Dataset {cfg.data.name}; seeds {seeds}; teachers adapted once (seed {cfg.teacher_seed}); "
+                   f"combinations of up to {cfg.max_teachers} teachers; significance level {cfg.alpha}. "
+                   f"Written {time.strftime('%Y-%m-%d %H:%M')} from {len(rows)} finished runs (results.csv)."))  # fmt: skip
+    if failures:
+        b.append(("p", "**Incomplete**: these runs failed or were skipped and are missing from every table: "
+                  + "; ".join(failures)))  # fmt: skip
+    b.append(("h2", "The answers"))
+    for student, a in answers.items():
+        if len(answers) > 1:
+            b.append(("h3", student))
+        for q, title in (("q1", "Q1. Does the student improve with transfer?"),
+                         ("q2", "Q2. Does the student beat its teacher?"),
+                         ("q3", "Q3. Is one teacher enough?")):  # fmt: skip
+            sentence = (
+                a[q]["sentence"] if a.get(q) else "Not asked: the study lacks the runs this question needs."
+            )
+            b.append(("p", f"**{title}** {sentence}"))
+    b.append(("p", "How to read: accuracies are test accuracy in %, mean ± standard deviation over seeds, of the "
+                   "weights from the epoch with the best validation accuracy ('final' = the last epoch). The 'best' "
+                   "configuration is chosen on mean validation accuracy, never on test. Q1 and Q3 use a paired "
+                   "t-test over seeds (two-sided); Q2 a one-sample t-test of the student's seeds against the teacher's "
+                   "accuracy, as teachers are adapted once. Differences are in percentage points."))  # fmt: skip
+    teacher_table = _teacher_rows(rows, study)
+    if teacher_table:
+        b.append(("h2", "Teachers"))
+        b.append(("table", ["teacher", "adapted", "params", "MACs/image", "latency ms/image", "val acc", "test acc", "test acc (final)"],
+                  teacher_table))  # fmt: skip
+    groups_by_student = student_groups(rows)
+    for student, a in answers.items():
+        groups = groups_by_student[student]
+        b.append(("h2", f"Student {student}: every configuration"))
+        table = []
+        for c in a["configs"]:
+            vs, vs_last = c.get("vs_alone"), c.get("vs_alone_last")
+            table.append([c["label"], str(c["n"]), _acc(**c["val_acc"]), _acc(**c["test_acc"]), _acc(**c["test_acc_last"]),
+                          _diff(vs) if vs else "", _p(vs["p"]) if vs else "", _diff(vs_last) if vs_last else "",
+                          _p(vs_last["p"]) if vs_last else ""])  # fmt: skip
+        b.append(("table", ["configuration", "seeds", "val acc", "test acc", "test acc (final)", "vs alone (points)", "p",
+                            "vs alone, final", "p (final)"], table))  # fmt: skip
+        prefix = f"plots/{student}-"
+        if a.get("q1"):
+            b.append(("h3", "Q1. Transfer against the student alone"))
+            b.append(("p", a["q1"]["sentence"]))
+        if a.get("q2"):
+            b.append(("h3", "Q2. The student against each teacher"))
+            b.append(("p", f"Student configuration: {a['q2']['student']} (best on validation)."))
+            top = next(g for g in groups if g.short == a["q2"]["student"])
+            srow = next(iter(top.rows.values()))
+            t_rows = {r["teachers"]: r for r in rows if r["kind"] == "teacher"}
+            q2 = []
+            for t in a["q2"]["teachers"]:
+                trow = t_rows[t["teacher"]]
+                q2.append([t["teacher"], _acc(t["teacher_test_acc"]), _acc(*top.stat("test_acc")), _diff(t["test"]),
+                           _p(t["test"]["p"]), f"{srow['params']:,} / {trow['params']:,}",
+                           f"{srow['macs'] / 1e6:.1f}M / {trow['macs'] / 1e6:.1f}M",
+                           f"{srow['latency_ms']:.2f} / {trow['latency_ms']:.2f}"])  # fmt: skip
+            b.append(("table", ["teacher", "teacher test acc", "student test acc", "student - teacher (points)", "p",
+                                "params (student / teacher)", "MACs (student / teacher)", "latency ms (student / teacher)"], q2))  # fmt: skip
+            for t in a["q2"]["teachers"]:
+                b.append(("p", t["sentence"]))
+        b.append(("h3", "Q3. Accuracy against the number of teachers"))
+        b.append(("p", a["q3"]["sentence"]))
+        b.append(("table", ["teachers", "best configuration (validation)", "its test acc", "mean over configurations", "configurations"],
+                  [[str(s["n_teachers"]), s["best"], _acc(**s["test_acc"]), _acc(s["all_configs_mean"]), str(s["configs"])]
+                   for s in a["by_size"]]))  # fmt: skip
+        b.append(("img", plots.accuracy_vs_teachers(groups, study / f"{prefix}teachers.png"),
+                  "Test accuracy against the number of teachers: per method the best teacher set of each size "
+                  "(mean ± std over seeds); dots are the other sets; the grey band is the student alone."))  # fmt: skip
+        b.append(("h3", "Learning curves, per-class change, confusion"))
+        b.append(("img", plots.learning_curves(groups, study, study / f"{prefix}curves.png"),
+                  "Validation accuracy per epoch: the student alone and the best configuration of each method."))  # fmt: skip
+        alone = next((g for g in groups if g.method == "none"), None)
+        best_transfer = best_by_val([g for g in groups if g.method != "none"])
+        if alone is not None and best_transfer is not None:
+            b.append(("img", plots.per_class_change(best_transfer, alone, summaries, study / f"{prefix}per-class.png"),
+                      f"Per-class test accuracy of {best_transfer.short} minus the student alone, mean over seeds."))  # fmt: skip
+        top = best_by_val(groups)
+        assert top is not None
+        best_row = max(top.rows.values(), key=lambda r: r["val_acc"])
+        b.append(("img", plots.confusion(summaries[best_row["run"]], f"{student}, {top.short}, seed {best_row['seed']}",
+                                         study / f"{prefix}confusion.png"),
+                  f"Test confusion matrix of the best student ({top.short}, seed {best_row['seed']}, the seed with the "
+                  "best validation accuracy); rows are true classes."))  # fmt: skip
+        b.append(("img", plots.accuracy_vs_cost(_cost_points(groups, rows), study / f"{prefix}cost.png"),
+                  "Test accuracy against parameters and CPU latency per image, for each student configuration "
+                  "(mean ± std) and each teacher."))  # fmt: skip
+    b.append(("h2", "Reproduce"))
+    b.append(("code", f"mtkd study {study / 'study.yaml'}"))
+    b.append(("p", "Every run is an ordinary mtkd run folder (config.yaml, checkpoints, metrics.csv, TensorBoard logs); "
+                   "results.csv has one row per run and results.json the same rows with these answers."))  # fmt: skip
+    return b
+
+
+def _cost_points(groups: list[Group], rows: list[dict]) -> list[dict]:
+    points = []
+    for g in groups:
+        row = next(iter(g.rows.values()))
+        m, s = g.stat("test_acc")
+        points.append(
+            {
+                "label": g.short,
+                "kind": "student",
+                "params": row["params"],
+                "latency_ms": row["latency_ms"],
+                "acc": m,
+                "std": s,
+            }
+        )
+    for r in rows:
+        if r["kind"] == "teacher":
+            points.append(
+                {
+                    "label": r["teachers"],
+                    "kind": "teacher",
+                    "params": r["params"],
+                    "latency_ms": r["latency_ms"],
+                    "acc": r["test_acc"],
+                }
+            )
+    return points
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(blocks: list[Block], study: Path) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + block[1])
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "code":
+            out.append(f"```\n{block[1]}\n```")
+        elif kind == "table":
+            head, body = block[1], block[2]
+            lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in body]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1].relative_to(study)})\n\n*{block[2]}*")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escape, then the one Markdown emphasis the blocks use (**bold**)."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1.5em 0}
+figcaption{font-size:0.9em;color:#555}code,pre{background:#f6f6f6;padding:2px 4px}"""
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+    ]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(block[1])}</p>")
+        elif kind == "code":
+            out.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2]
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(block[1]).read_bytes()).decode()
+            out.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(block[2])}</figcaption></figure>")  # fmt: skip
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str]) -> dict:
+    study = Path(cfg.output)
+    rows, summaries = collect(jobs, study)
+    if not any(r["kind"] == "student" for r in rows):
+        say("no student run finished: no report")
+        return {}
+    say("report: timing inference of each architecture (once) and drawing the plots")
+    add_latency(rows, study, cfg.latency)
+    answers = answer(rows, cfg.alpha)
+    (study / "plots").mkdir(exist_ok=True)
+    blocks = _blocks(cfg, rows, summaries, answers, failures, study)
+    write_results(rows, study, {"alpha": cfg.alpha, "answers": answers, "failures": failures})
+    atomic_write(study / "report.md", to_markdown(blocks, study))
+    atomic_write(study / "report.html", to_html(blocks, f"mtkd study: {cfg.name}"))
+    for student, a in answers.items():
+        say(f"[bold]{student}[/bold]")
+        for q in ("q1", "q2", "q3"):
+            if a.get(q):
+                say(f"  {q.upper()}. {a[q]['sentence']}")
+    say(f"report: {study / 'report.html'} (also report.md, results.csv, results.json, plots/)")
+    return answers

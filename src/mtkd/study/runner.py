@@ -1,0 +1,196 @@
+"""Running a study's jobs: skip what is finished, resume what was interrupted, run the rest.
+
+The study's state is its folder: a job is finished when its run folder holds summary.json
+and interrupted when it holds last.json (a checkpoint) without one; `state.json` records
+what happened for people and tools. One process at a time runs a study (a file lock).
+With `jobs` > 1, runs go to that many `mtkd` child processes, each with its share of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mtkd.console import say
+from mtkd.engine.config import TeacherFitConfig, TrainConfig, read_yaml, to_yaml
+from mtkd.engine.trainer import _first_difference, _run_defining
+from mtkd.errors import MtkdError
+from mtkd.io import atomic_write, file_lock, read_json, write_json
+from mtkd.study.config import StudyConfig
+from mtkd.study.plan import Job, plan
+
+
+def job_folder(study: Path, job: Job) -> Path:
+    if job.config is None:  # an already adapted teacher given by the user
+        return Path(job.info.get("checkpoint", ""))
+    return Path(job.config.output.dir)
+
+
+def job_status(job: Job) -> str:
+    """done | partial | new; a finished run made from another config is an error, not reused."""
+    if job.config is None:
+        return "done"
+    folder = Path(job.config.output.dir)
+    if (folder / "summary.json").is_file():
+        saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+        diff = _first_difference(_run_defining(saved), _run_defining(job.config.model_dump(mode="json")))
+        if diff:
+            raise MtkdError(
+                f"{folder} was run with another config ({diff}): the study file changed; "
+                "use another study output folder, or delete that run"
+            )
+        return "done"
+    return "partial" if (folder / "last.json").is_file() else "new"
+
+
+class State:
+    """`state.json`: each job's status, times and result, rewritten atomically on every change."""
+
+    def __init__(self, path: Path, jobs: list[Job]):
+        self.path = path
+        old = read_json(path).get("jobs", {}) if path.is_file() else {}
+        self.jobs = {j.id: {**old.get(j.id, {}), "kind": j.kind, **j.info} for j in jobs}
+
+    def set(self, job: Job, **fields: object) -> None:
+        self.jobs[job.id].update(fields)
+        write_json(self.path, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": self.jobs})
+
+
+def _run_in_process(job: Job, resume: bool) -> None:
+    from mtkd.engine.run import run_teacher_fit, run_train
+
+    if isinstance(job.config, TeacherFitConfig):
+        run_teacher_fit(job.config, resume=resume)
+    else:
+        assert isinstance(job.config, TrainConfig)
+        run_train(job.config, resume=resume)
+
+
+def _command(job: Job, spec: Path, resume: bool, threads: int) -> list[str]:
+    verb = ["teacher", "fit"] if job.kind == "teacher" else ["train"]
+    cmd = [sys.executable, "-m", "mtkd", *verb, "--config", str(spec), "--set", f"train.threads={threads}"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _result_line(job: Job) -> str:
+    assert job.config is not None
+    s = read_json(Path(job.config.output.dir) / "summary.json")
+    return f"test acc {s['test_acc']:.4f} (best val epoch), {s['test_acc_last']:.4f} (last), {s['seconds']:.0f} s"
+
+
+def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
+    """Run every unfinished job (teachers before the students that need them); returns failures."""
+    folder = Path(cfg.output)
+    state = State(folder / "state.json", jobs)
+    status = {j.id: job_status(j) for j in jobs}
+    todo = [j for j in jobs if status[j.id] != "done"]
+    done_count = len(jobs) - len(todo)
+    say(f"study {cfg.name}: {len(jobs)} runs, {done_count} already done, {len(todo)} to run"
+        + (f" on {workers} processes" if workers > 1 and todo else ""))  # fmt: skip
+    for job in jobs:
+        if status[job.id] == "done" and state.jobs[job.id].get("status") != "done":
+            state.set(job, status="done")
+    failed: dict[str, str] = {}
+    finished = {j.id for j in jobs if status[j.id] == "done"}
+    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pending = list(todo)
+    position = done_count
+
+    def blocked(job: Job) -> str | None:
+        return next((n for n in job.needs if n in failed), None)
+
+    def start(job: Job) -> None:
+        assert job.config is not None
+        run_dir = Path(job.config.output.dir)
+        resume = status[job.id] == "partial"
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # a start that never reached its first checkpoint
+        state.set(job, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        say(f"[{position + 1}/{len(jobs)}] {'resuming' if resume else 'starting'} {job.id}")
+        if workers == 1:
+            t0 = time.time()
+            try:
+                _run_in_process(job, resume)
+            except MtkdError as exc:
+                finish(job, str(exc), t0)
+                return
+            finish(job, None, t0)
+        else:
+            spec = run_dir / "job.yaml"
+            atomic_write(spec, to_yaml(job.config))
+            log = open(run_dir / "log.txt", "a")
+            proc = subprocess.Popen(
+                _command(job, spec, resume, threads), stdout=log, stderr=subprocess.STDOUT
+            )
+            log.close()
+            running[job.id] = (proc, job, time.time())
+
+    def finish(job: Job, error: str | None, t0: float) -> None:
+        nonlocal position
+        position += 1
+        seconds = round(time.time() - t0, 1)
+        if error is None:
+            finished.add(job.id)
+            state.set(job, status="done", seconds=seconds)
+            say(f"[{position}/{len(jobs)}] done {job.id}: {_result_line(job)}")
+        else:
+            failed[job.id] = error
+            state.set(job, status="failed", error=error, seconds=seconds)
+            say(f"[{position}/{len(jobs)}] [red]failed[/red] {job.id}: {error}")
+
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= workers and workers > 1:
+                break
+            reason = blocked(job)
+            if reason:
+                pending.remove(job)
+                failed[job.id] = f"needs {reason}, which failed"
+                state.set(job, status="skipped", error=failed[job.id])
+                continue
+            if all(n in finished for n in job.needs):
+                pending.remove(job)
+                start(job)
+        for job_id, (proc, job, t0) in list(running.items()):
+            if proc.poll() is not None:
+                del running[job_id]
+                assert job.config is not None
+                error = None
+                if proc.returncode != 0:
+                    lines = (Path(job.config.output.dir) / "log.txt").read_text().strip().splitlines()
+                    error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix(
+                        "mtkd: error: "
+                    )
+                finish(job, error, t0)
+        if running:
+            time.sleep(0.2)
+        elif pending and not any(all(n in finished for n in j.needs) or blocked(j) for j in pending):
+            raise MtkdError("study jobs wait on each other; this is a bug in the plan")
+    return [f"{k}: {v}" for k, v in failed.items()]
+
+
+def run_study(cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True) -> dict:
+    """Plan, run what is missing, write the report; returns the report's answers."""
+    if workers < 1:
+        raise MtkdError(f"--jobs must be >= 1, got {workers}")
+    folder = Path(cfg.output)
+    jobs = plan(cfg)  # every run's config is validated here, before anything runs
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / ".lock", f"study {folder}", wait=False):
+        atomic_write(folder / "study.yaml", to_yaml(cfg))
+        failures = run_jobs(cfg, jobs, workers) if run else []
+        answers: dict = {}
+        if report:
+            from mtkd.study.report import write_report
+
+            answers = write_report(cfg, jobs, failures)
+    if failures:
+        raise MtkdError(
+            f"{len(failures)} run(s) failed, first {failures[0]} (state in {folder / 'state.json'})"
+        )
+    return answers
