@@ -136,7 +136,12 @@ def confusion(summary: dict, title: str, path: Path) -> Path:
 
 
 def accuracy_vs_cost(points: list[dict], path: Path) -> Path:
-    """points: {label, kind, params, latency_ms, acc, std}; two panels, log-scaled cost."""
+    """points: {label, kind, params, latency_ms, acc, std, note}; two panels with log-scaled cost.
+
+    Student configurations share one size, so only the ones with a `note` (alone, best) are named.
+    """
+    from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, key, xlabel in (
         (axes[0], "params", "parameters"),
@@ -145,16 +150,22 @@ def accuracy_vs_cost(points: list[dict], path: Path) -> Path:
         for p in points:
             if not p.get(key):
                 continue
+            teacher = p["kind"] == "teacher"
             style = (
-                {"marker": "s", "color": "C3"} if p["kind"] == "teacher" else {"marker": "o", "color": "C0"}
+                {"marker": "s", "color": "C3"} if teacher else {"marker": "o", "color": "C0", "alpha": 0.6}
             )
             ax.errorbar(p[key], 100 * p["acc"], yerr=100 * p.get("std", 0.0), capsize=3, ls="none", **style)
-            ax.annotate(
-                p["label"], (p[key], 100 * p["acc"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
-            )
+            if teacher or p.get("note"):
+                text = p["label"] if teacher else p["note"]
+                ax.annotate(
+                    text, (p[key], 100 * p["acc"]), fontsize=7, xytext=(5, 3), textcoords="offset points"
+                )
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(LogFormatterSciNotation())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
-    axes[0].set_title("accuracy against size (squares: teachers)", fontsize=10)
+        ax.margins(x=0.25)
+    axes[0].set_title("accuracy against size (squares: teachers, dots: student configs)", fontsize=10)
     axes[1].set_title("accuracy against latency", fontsize=10)
     return _save(fig, path)

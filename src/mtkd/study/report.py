@@ -151,19 +151,15 @@ def _blocks(
 
 def _cost_points(groups: list[Group], rows: list[dict]) -> list[dict]:
     points = []
+    best = best_by_val([g for g in groups if g.method != "none"])
     for g in groups:
         row = next(iter(g.rows.values()))
         m, s = g.stat("test_acc")
-        points.append(
-            {
-                "label": g.short,
-                "kind": "student",
-                "params": row["params"],
-                "latency_ms": row["latency_ms"],
-                "acc": m,
-                "std": s,
-            }
+        note = (
+            f"{g.student} alone" if g.method == "none" else (f"{g.student}, {g.short}" if g is best else None)
         )
+        points.append({"label": g.short, "kind": "student", "params": row["params"], "latency_ms": row["latency_ms"],
+                       "acc": m, "std": s, "note": note})  # fmt: skip
     for r in rows:
         if r["kind"] == "teacher":
             points.append(
