@@ -99,7 +99,8 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     threads = max(1, (os.cpu_count() or 1) // workers)
     pending = list(todo)
-    position = done_count
+    position = done_count  # finished so far
+    launched = done_count  # started so far
 
     def blocked(job: Job) -> str | None:
         return next((n for n in job.needs if n in failed), None)
@@ -111,7 +112,9 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # a start that never reached its first checkpoint
         state.set(job, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        say(f"[{position + 1}/{len(jobs)}] {'resuming' if resume else 'starting'} {job.id}")
+        nonlocal launched
+        launched += 1
+        say(f"[{launched}/{len(jobs)}] {'resuming' if resume else 'starting'} {job.id}")
         if workers == 1:
             t0 = time.time()
             try:
