@@ -17,7 +17,7 @@ from mtkd.study import plots
 from mtkd.study.answers import Group, answer, best_by_val, student_groups
 from mtkd.study.config import StudyConfig
 from mtkd.study.plan import Job
-from mtkd.study.results import add_latency, collect, write_results
+from mtkd.study.results import add_latency, collect, run_path, write_results
 
 Block = tuple
 
@@ -39,11 +39,7 @@ def _teacher_rows(rows: list[dict], study: Path) -> list[list[str]]:
     for r in rows:
         if r["kind"] != "teacher":
             continue
-        cfg = (
-            read_json(study / r["run"] / "best.json")
-            if not Path(r["run"]).is_absolute()
-            else read_json(Path(r["run"]) / "best.json")
-        )
+        cfg = read_json(run_path(study, r) / "best.json")
         spec = cfg["model"]
         how = f"{spec.get('mode', '?')}, {spec.get('head')} head, {spec.get('input_size')} px"
         out.append([r["teachers"], how, f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M",

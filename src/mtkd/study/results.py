@@ -57,6 +57,11 @@ def collect(jobs: list[Job], study: Path) -> tuple[list[dict], dict[str, dict]]:
     return rows, summaries
 
 
+def run_path(study: Path, row: dict) -> Path:
+    """A row's run folder: relative to the study, or absolute for a teacher given by the user."""
+    return Path(row["run"]) if Path(row["run"]).is_absolute() else study / row["run"]
+
+
 def _relative(folder: Path, study: Path) -> str:
     try:
         return str(folder.resolve().relative_to(study.resolve()))
@@ -93,7 +98,7 @@ def add_latency(rows: list[dict], study: Path, cfg: LatencyConfig) -> None:
     known = read_json(path) if path.is_file() else {}
     settings = f"batch {cfg.batch_size}, threads {cfg.threads}"
     for row in rows:
-        folder = Path(row["run"]) if Path(row["run"]).is_absolute() else study / row["run"]
+        folder = run_path(study, row)
         meta = read_meta(str(folder / "best.json"))
         spec = meta["model"]
         key = f"{row['kind']}:{spec['name']}:{spec.get('input_size')}:{spec.get('head')}:{meta['data']['image_size']}:{settings}"
