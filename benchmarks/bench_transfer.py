@@ -20,7 +20,7 @@ import torch
 from mtkd.data import load_dataset
 from mtkd.data.base import ImageSet
 from mtkd.data.batches import Normalize
-from mtkd.engine.builders import image_transform
+from mtkd.engine.builders import ImageTransform
 from mtkd.engine.config import TrainConfig, build_config
 from mtkd.engine.trainer import FitData, Trainer
 from mtkd.engine.transfer import Teacher, TransferLoss, build_methods
@@ -44,9 +44,9 @@ def epoch_seconds(cfg: TrainConfig, dataset, teachers: list[Teacher], folder: Pa
     params = list(student.parameters()) + list(methods.parameters())
     out = cfg.output.model_copy(update={"dir": folder, "tensorboard": False, "progress": False})
     trainer = Trainer(
-        student, data, image_transform(normalize, cfg.train.crop_padding, True), [{"params": params}],
+        student, data, ImageTransform(normalize, cfg.train.crop_padding, True), [{"params": params}],
         cfg.optim, cfg.schedule, cfg.train, out, {"kind": "student", "model": {}, "data": {}, "config": {}}, dev,
-        loss_fn=loss_fn, extra=methods if teachers else None,
+        loss_fn=loss_fn, extra=methods if teachers else None, step_module=loss_fn.module if loss_fn else None,
     )  # fmt: skip
     trainer.fit()
     import csv

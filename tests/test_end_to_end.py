@@ -93,7 +93,7 @@ def test_predict_and_export(student_run, tmp_path, capsys):
     session = onnx.InferenceSession(str(tmp_path / "s.onnx"))
     model, _, transform = load_model(str(student_run), torch.device("cpu"))
     x = ds.test.images[:5]
-    expected = model(transform(x, False, None)).detach().numpy()
+    expected = model(transform(x)).detach().numpy()
     got = session.run(None, {"images": (x.float() / 255).numpy()})[0]
     assert np.abs(got - expected).max() < 1e-4
 

@@ -192,3 +192,27 @@ def test_bad_study_config_is_one_line_and_runs_nothing(tmp_path, capsys):
                                       "student": {"optim": {"lr": -1}}}))  # fmt: skip
     code, _, err = run_cli(["study", config], capsys)
     assert code == 2 and "optim.lr" in err and not (tmp_path / "out").exists()
+
+
+def test_plan_lists_every_run_by_stage(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({**STUDY, "output": str(tmp_path / "out")}))
+    code, out, _ = run_cli(["study", config, "--plan", "--nproc-per-run", "2"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    stage2 = lines.index("# stage 2")
+    first, students = lines[2:stage2], [x for x in lines[stage2 + 1 :] if not x.startswith("#")]
+    # Stage 1: the 2 teachers and the student alone (2 seeds); stage 2: features from each
+    # teacher and from both (2 seeds), which need the teachers.
+    assert [x.split(" --config")[0] for x in first] == [
+        "torchrun --nproc_per_node=2 -m mtkd teacher fit"
+    ] * 2 + ["torchrun --nproc_per_node=2 -m mtkd train"] * 2
+    assert "/alone/" in first[2] and len(students) == 2 * 3
+    assert all(x.startswith("torchrun --nproc_per_node=2 -m mtkd train --config ") for x in students)
+    # Each command's config is written and is a valid run config.
+    from mtkd.engine.config import TrainConfig, build_config
+
+    spec = students[-1].split("--config ")[1]
+    cfg = build_config(TrainConfig, spec, {}, [])
+    assert cfg.output.dir == Path(spec).parent and cfg.transfer.methods == ["features"]
+    assert lines[-1] == f"# then: mtkd study {config} --out {tmp_path / 'out'} --report-only"

@@ -48,7 +48,8 @@ def _first_batch_terms(teacher_dir, mode, dtype):
     methods = build_methods(cfg, student.num_features, teachers, 10)
     loss = TransferLoss(student, methods, teachers, ds, Normalize(ds.mean, ds.std), cfg, False, dev)
     index = torch.arange(32)
-    _, terms = loss(index, ds.train.images[index], ds.train.labels[index], epoch_generator(0, 1))
+    views = loss.draw(len(index), epoch_generator(0, 1))
+    _, terms = loss(loss.module, index, ds.train.images[index], ds.train.labels[index], views)
     return {k: v.item() for k, v in terms.items()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -20,12 +21,18 @@ def make_progress(enabled: bool) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not (enabled and sys.stderr.isatty()),
+        disable=not (enabled and sys.stderr.isatty() and _main_process()),
     )
 
 
+def _main_process() -> bool:
+    """Under torchrun only rank 0 talks; errors are still printed by every process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def say(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+    if _main_process():
+        console.print(message, highlight=False, soft_wrap=True)
 
 
 class Milestones:
@@ -33,7 +40,7 @@ class Milestones:
 
     def __init__(self, label: str, total: int, done: int = 0):
         self.label, self.total = label, max(1, total)
-        self.next = (done * 10 // self.total + 1) if not sys.stderr.isatty() else 11
+        self.next = (done * 10 // self.total + 1) if not sys.stderr.isatty() and _main_process() else 11
 
     def update(self, done: int, ips: float) -> None:
         if self.next <= 10 and done * 10 >= self.next * self.total:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import torch
 
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip
+from mtkd.dist import SINGLE, Dist
+from mtkd.errors import MtkdError
 from mtkd.io import cache_dir, file_lock, read_json, sha256_file, write_json
 from mtkd.models.teachers import TeacherNet
 
@@ -111,80 +114,117 @@ def _load(folder: Path) -> TeacherCache | None:
 def build_cache(
     teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, labels: torch.Tensor, views: int, padding: int,
     hflip: bool, seed: int, dtype: str, with_logits: bool, device: torch.device, label: str,
+    place: Dist = SINGLE,
 ) -> TeacherCache:  # fmt: skip
-    """Load the cache for this teacher and these images, building (or finishing) it first if needed."""
+    """Load the cache for this teacher and these images, building (or finishing) it first if needed.
+
+    Under torchrun the processes share the work: each computes its chunks of every round and
+    rank 0 writes them, so the cache is the one a single process builds.
+    """
     key = cache_key(teacher_sha, content_hash(images, labels), views, padding, hflip, seed, dtype)
     folder = cache_dir() / "teachers" / key
     # Two runs needing the same cache (a study's parallel jobs): one builds, the other waits, then loads.
-    with file_lock(folder.parent / f"{key}.lock", f"teacher cache {key}", wait=True):
-        return _load_or_build(
-            folder,
-            teacher,
-            teacher_sha,
-            images,
-            views,
-            padding,
-            hflip,
-            seed,
-            dtype,
-            with_logits,
-            device,
-            label,
+    # Within one torchrun job, rank 0 holds the lock and decides for all.
+    lock = (
+        file_lock(folder.parent / f"{key}.lock", f"teacher cache {key}", wait=True)
+        if place.main
+        else nullcontext()
+    )
+    with lock:
+        cached = _load(folder) if place.main else None
+        if not place.broadcast(cached is not None):
+            spec = _Spec(teacher, views, padding, hflip, seed, dtype, with_logits, device, label)
+            _build(folder, spec, teacher_sha, images, place)
+        place.barrier()
+    cached = cached or _load(folder)
+    if cached is None:
+        raise MtkdError(
+            f"teacher cache {folder} is not readable by process {place.rank}: with several machines, "
+            "MTKD_HOME must be a folder all of them share"
         )
+    return cached
 
 
-def _load_or_build(
-    folder: Path, teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, views: int, padding: int,
-    hflip: bool, seed: int, dtype: str, with_logits: bool, device: torch.device, label: str,
-) -> TeacherCache:  # fmt: skip
-    cached = _load(folder)
-    if cached is not None:
-        return cached
-    if (folder / "meta.json").exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    n = len(images)
+@dataclass
+class _Spec:
+    teacher: TeacherNet
+    views: int
+    padding: int
+    hflip: bool
+    seed: int
+    dtype: str
+    with_logits: bool
+    device: torch.device
+    label: str
+
+
+def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, place: Dist) -> None:
+    """Compute the cache in chunks of CHUNK rows; rounds of one chunk per process, written by rank 0."""
+    n, views, teacher = len(images), spec.views, spec.teacher
     teacher.eval()
     dims = {"features": teacher.num_features}
-    if with_logits:
+    if spec.with_logits:
         dims["logits"] = teacher.spec.num_classes
-    np_dtype = np.float16 if dtype == "float16" else np.float32
-    partial = {}
-    for name, d in dims.items():
-        path = folder / f"{name}.partial.npy"
-        mode = "r+" if path.is_file() else "w+"
-        partial[name] = np.lib.format.open_memmap(path, mode=mode, dtype=np_dtype, shape=(views, n, d))
-    progress_path = folder / "progress.json"
-    done = read_json(progress_path)["done"] if progress_path.is_file() else 0
-    params = view_params(n, views, padding, hflip, seed)
+    partial, progress_path, done = {}, folder / "progress.json", 0
+    if place.main:
+        if (folder / "meta.json").exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np_dtype = np.float16 if spec.dtype == "float16" else np.float32
+        for name, d in dims.items():
+            path = folder / f"{name}.partial.npy"
+            mode = "r+" if path.is_file() else "w+"
+            partial[name] = np.lib.format.open_memmap(path, mode=mode, dtype=np_dtype, shape=(views, n, d))
+        done = read_json(progress_path)["done"] if progress_path.is_file() else 0
+    done = int(place.broadcast(done))
+    params = view_params(n, views, spec.padding, spec.hflip, spec.seed)
+    # Chunk (v, rows) covers rows v*n + rows of the [V*N] table; `done` counts finished rows of it.
+    todo = [
+        (v, index) for v in range(views) for index in batch_indices(n, CHUNK, False)
+        if v * n + int(index[-1]) + 1 > done
+    ]  # fmt: skip
     total = views * n
-    say(f"{label}: caching {views} view(s) of {n} images ({total - done} forward passes left) in {folder}")
-    bar, lines = make_progress(True), Milestones(label, total, done)
+    where = f", {place.world} processes" if place.active else ""
+    say(
+        f"{spec.label}: caching {views} view(s) of {n} images ({total - done} forward passes left{where}) in {folder}"
+    )
+    bar, lines = make_progress(True), Milestones(spec.label, total, done)
     start, computed = time.perf_counter(), 0
+    width = sum(dims.values())
     with bar:
-        task = bar.add_task(label, total=total, completed=done, loss=0.0, acc=0.0, ips=0.0)
-        for v in range(views):
-            for index in batch_indices(n, CHUNK, False):
-                row = v * n + int(index[0])
-                if row < done:
-                    continue
+        task = bar.add_task(spec.label, total=total, completed=done, loss=0.0, acc=0.0, ips=0.0)
+        for first in range(0, len(todo), place.world):
+            group = todo[first : first + place.world]
+            mine = torch.zeros(CHUNK, width)
+            if place.rank < len(group):
+                v, index = group[place.rank]
                 batch = images[index]
                 if params[v] is not None:
                     batch = apply_crop_flip(batch, params[v][index])
-                fmap = teacher.forward_features(batch.to(device).float() / 255.0)
-                partial["features"][v, index.numpy()] = (
-                    teacher.forward_head(fmap, pre_logits=True).cpu().numpy()
-                )
-                if with_logits:
-                    partial["logits"][v, index.numpy()] = teacher.forward_head(fmap).float().cpu().numpy()
+                fmap = teacher.forward_features(batch.to(spec.device).float() / 255.0)
+                outputs = [teacher.forward_head(fmap, pre_logits=True)]
+                if spec.with_logits:
+                    outputs.append(teacher.forward_head(fmap))
+                mine[: len(index)] = torch.cat([o.float() for o in outputs], 1).cpu()
+            results = place.all_gather(mine)
+            rows = sum(len(index) for _, index in group)
+            computed += rows
+            if place.main:
+                for (v, index), result in zip(group, results, strict=False):
+                    at = 0
+                    for name, d in dims.items():
+                        partial[name][v, index.numpy()] = result[: len(index), at : at + d].numpy()
+                        at += d
                 for arr in partial.values():
                     arr.flush()
-                done = row + len(index)
+                v, index = group[-1]
+                done = v * n + int(index[-1]) + 1
                 write_json(progress_path, {"done": done})
-                computed += len(index)
-                ips = computed / (time.perf_counter() - start)
-                bar.update(task, completed=done, ips=ips)
-                lines.update(done, ips)
+            ips = computed / (time.perf_counter() - start)
+            bar.update(task, advance=rows, ips=ips)
+            lines.update(done if place.main else computed, ips)
+    if not place.main:
+        return
     files = {}
     for name, arr in partial.items():
         arr.flush()
@@ -195,9 +235,6 @@ def _load_or_build(
     partial.clear()
     write_json(
         folder / "meta.json",
-        {"files": files, "views": views, "images": n, "dtype": dtype, "teacher": teacher_sha},
+        {"files": files, "views": views, "images": n, "dtype": spec.dtype, "teacher": teacher_sha},
     )
     progress_path.unlink(missing_ok=True)
-    loaded = _load(folder)
-    assert loaded is not None
-    return loaded

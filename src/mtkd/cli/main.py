@@ -44,6 +44,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, model: type, aliases: dic
     parser.add_argument(
         "--resume", action="store_true", help="continue the interrupted run in the output folder"
     )
+    parser.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train with N processes on this machine (DistributedDataParallel through torchrun)",
+    )  # fmt: skip
     group = parser.add_argument_group("config options (also settable in YAML)")
     for key, info in leaf_fields(model).items():
         names = [f"--{key}"] + [a for a, target in aliases.items() if target == key]
@@ -109,18 +113,44 @@ def cmd_models(args: argparse.Namespace) -> None:
     out.print(students)
 
 
+def _launched(args: argparse.Namespace, cfg: object) -> bool:
+    """`--nproc N`: run this same command under torchrun with N processes; True when it did."""
+    if args.nproc == 1:
+        return False
+    from mtkd.engine.launch import launch_local
+
+    launch_local(args.nproc, _without_nproc(args.argv), cfg)
+    return True
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from mtkd.engine.config import TrainConfig
     from mtkd.engine.run import run_train
 
-    run_train(_config_from_args(TrainConfig, args), resume=args.resume)
+    cfg = _config_from_args(TrainConfig, args)
+    if not _launched(args, cfg):
+        run_train(cfg, resume=args.resume)
 
 
 def cmd_teacher_fit(args: argparse.Namespace) -> None:
     from mtkd.engine.config import TeacherFitConfig
     from mtkd.engine.run import run_teacher_fit
 
-    run_teacher_fit(_config_from_args(TeacherFitConfig, args), resume=args.resume)
+    cfg = _config_from_args(TeacherFitConfig, args)
+    if not _launched(args, cfg):
+        run_teacher_fit(cfg, resume=args.resume)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -163,7 +193,13 @@ def cmd_study(args: argparse.Namespace) -> None:
     from mtkd.study.runner import run_study
 
     cfg = load_study_config(args.config, args.set, args.out)
-    run_study(cfg, workers=args.jobs, report=True, run=not args.report_only)
+    if args.plan:
+        from mtkd.study.runner import write_plan
+
+        for line in write_plan(cfg, args.config, args.nproc_per_run):
+            out.print(line, highlight=False, soft_wrap=True)
+        return
+    run_study(cfg, workers=args.jobs, report=True, run=not args.report_only, nproc=args.nproc_per_run)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -255,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report-only", action="store_true", help="write the report from the finished runs, run nothing"
     )
+    p.add_argument(
+        "--nproc-per-run", type=int, default=1, metavar="K",
+        help="train each run with K processes (torchrun); with --jobs N, N*K processes at once",
+    )  # fmt: skip
+    p.add_argument(
+        "--plan", action="store_true",
+        help="write each unfinished run's config and print one command per run, in stages (for a cluster)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("summary", help="table of the finished runs under a folder")
@@ -268,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         args.func(args)
     except MtkdError as exc:
         if debug:
@@ -277,6 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("mtkd: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if "torch.distributed" in sys.modules:
+            from mtkd.dist import cleanup
+
+            cleanup()
 
 
 if __name__ == "__main__":

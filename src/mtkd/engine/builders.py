@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
 import torch
 from torch import nn
 
-from mtkd.data.batches import Normalize, random_crop_flip
+from mtkd.data.batches import CropFlip, Normalize, apply_crop_flip, draw_crop_flip
 from mtkd.engine.checkpoint import load_weights, read_meta
 from mtkd.engine.trainer import Transform
 from mtkd.errors import MtkdError
@@ -15,19 +16,23 @@ from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student
 
 
-def image_transform(normalize: nn.Module | None, padding: int = 0, hflip: bool = False) -> Transform:
-    """uint8 batches -> model inputs; random crop and flip only while training.
+class ImageTransform:
+    """uint8 batches -> model inputs; random crop and flip when given drawn parameters (training).
 
     With `normalize` the output is normalised with the dataset's statistics (students); without,
     it is in [0, 1] (teachers, which normalise for themselves).
     """
 
-    def transform(x: torch.Tensor, training: bool, gen: torch.Generator | None) -> torch.Tensor:
-        if training and (padding or hflip):
-            x = random_crop_flip(x, padding, hflip, gen)
-        return normalize(x) if normalize is not None else x.float() / 255.0
+    def __init__(self, normalize: nn.Module | None, padding: int = 0, hflip: bool = False):
+        self.normalize, self.padding, self.hflip = normalize, padding, hflip
 
-    return transform
+    def draw(self, n: int, gen: torch.Generator) -> CropFlip | None:
+        return draw_crop_flip(n, self.padding, self.hflip, gen) if self.padding or self.hflip else None
+
+    def __call__(self, x: torch.Tensor, drawn: Any = None) -> torch.Tensor:
+        if drawn is not None:
+            x = apply_crop_flip(x, drawn)
+        return self.normalize(x) if self.normalize is not None else x.float() / 255.0
 
 
 def build_model(meta: dict) -> nn.Module:
@@ -58,4 +63,4 @@ def load_model(path: str, device: torch.device) -> tuple[nn.Module, dict, Transf
     normalize = (
         Normalize(meta["data"]["mean"], meta["data"]["std"]).to(device) if meta["kind"] == "student" else None
     )
-    return model, meta, image_transform(normalize)
+    return model, meta, ImageTransform(normalize)

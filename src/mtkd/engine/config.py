@@ -53,12 +53,20 @@ class LoopConfig(Section):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (or fp16 with loss scaling) on CUDA, fp32 on the CPU"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on for CUDA")
+    compile: bool = Field(False, description="torch.compile the trained module")
 
 
 class OutputConfig(Section):
     dir: Path = Path("runs/train")
     tensorboard: bool = True
     progress: bool = True
+    log_every: int = Field(
+        50, ge=0, description="steps between step-loss rows (steps.csv, TensorBoard); 0: none"
+    )
 
 
 class StudentConfig(Section):
@@ -255,3 +263,34 @@ def build_config(
 
 def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_difference(old: dict | None, new: dict | None) -> str:
+    """The first difference between two run configs in what changes the result ('' when none).
+
+    Where the output goes and which device or how many threads run it do not count; neither do
+    options the old config does not have (added by a later mtkd version, at their defaults then).
+    """
+    return _first_difference(_run_defining(old), _run_defining(new))
+
+
+def _run_defining(config: dict | None) -> dict:
+    config = {k: v for k, v in (config or {}).items() if k != "output"}
+    if isinstance(config.get("train"), dict):
+        ignored = ("device", "threads", "channels_last", "compile")
+        config["train"] = {k: v for k, v in config["train"].items() if k not in ignored}
+    return config
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} -> {b!r}"
+    return ""

@@ -1,6 +1,8 @@
-"""Device choice and thread settings."""
+"""Device choice, thread settings, and the CUDA speed-ups (mixed precision, channels_last, pinned memory)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -21,3 +23,38 @@ def pick_device(name: str = "auto") -> torch.device:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+@dataclass
+class Precision:
+    """Mixed precision of the training step: autocast dtype (None: fp32) and fp16's loss scaler."""
+
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """'auto' is bf16 on CUDA devices that support it, fp16 with loss scaling on older ones, fp32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return Precision()
+        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp32":
+        return Precision()
+    if name == "fp16":
+        if device.type != "cuda":
+            raise MtkdError("train.precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
+        return Precision(torch.float16, torch.amp.GradScaler("cuda"))
+    return Precision(torch.bfloat16)
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Page-locked host memory for fast non-blocking copies to a CUDA device; unchanged otherwise."""
+    return t.pin_memory() if device.type == "cuda" else t

@@ -58,7 +58,7 @@ def predict_files(path: str, files: list[str], device: str = "auto", top_k: int 
     size = tuple(data["image_size"])
     batch = torch.stack([image_to_tensor(open_image(f), data["channels"], size) for f in files]).to(dev)
     with torch.inference_mode():
-        probs = model(transform(batch, False, None)).float().softmax(1).cpu()
+        probs = model(transform(batch)).float().softmax(1).cpu()
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     return [

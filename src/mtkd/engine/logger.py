@@ -9,15 +9,29 @@ from pathlib import Path
 from mtkd.io import atomic_write
 
 
+def _read_rows(path: Path, resume_epoch: int) -> list[dict]:
+    if not (resume_epoch and path.is_file()):
+        return []
+    with open(path) as fh:
+        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume_epoch]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
+
+
 class MetricsLog:
-    """One CSV row and one TensorBoard point per epoch. On resume, rows past the epoch are dropped."""
+    """Per epoch: a row of metrics.csv and TensorBoard points; every `output.log_every` steps, a row
+    of steps.csv and a `step/...` point. On resume, rows past the resumed epoch are dropped."""
 
     def __init__(self, folder: Path, tensorboard: bool, resume_epoch: int = 0):
-        self.csv_path = folder / "metrics.csv"
-        self.rows: list[dict] = []
-        if resume_epoch and self.csv_path.is_file():
-            with open(self.csv_path) as fh:
-                self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume_epoch]
+        self.csv_path, self.steps_path = folder / "metrics.csv", folder / "steps.csv"
+        self.rows = _read_rows(self.csv_path, resume_epoch)
+        self.steps = _read_rows(self.steps_path, resume_epoch)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -26,18 +40,20 @@ class MetricsLog:
                 str(folder / "tb"), purge_step=resume_epoch + 1 if resume_epoch else None
             )
 
-    def log(self, row: dict) -> None:
+    def log(self, row: dict, steps: list[dict] = ()) -> None:
         self.rows.append(row)
-        buffer = io.StringIO()
-        fields = list(dict.fromkeys(k for r in self.rows for k in r))
-        writer = csv.DictWriter(buffer, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write(self.csv_path, buffer.getvalue())
+        _write_rows(self.csv_path, self.rows)
+        if steps:
+            self.steps.extend(steps)
+            _write_rows(self.steps_path, self.steps)
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, int | float):
                     self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+            for step in steps:
+                for key, value in step.items():
+                    if key not in ("step", "epoch"):
+                        self.writer.add_scalar(f"step/{key}", value, step["step"])
             self.writer.flush()
 
     def close(self) -> None:

@@ -12,11 +12,12 @@ from torch import nn
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, load_dataset
 from mtkd.data.batches import Normalize, batch_indices
-from mtkd.engine.builders import image_transform
+from mtkd.dist import Dist, setup
+from mtkd.engine.builders import ImageTransform
 from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
-from mtkd.engine.device import pick_device, set_threads
-from mtkd.engine.trainer import FitData, Trainer, Transform, predict
+from mtkd.engine.device import pick_device, pinned, set_threads
+from mtkd.engine.trainer import FitData, Identity, Trainer, Transform, predict
 from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, write_json
@@ -31,7 +32,7 @@ def open_dataset(cfg: DataConfig) -> Dataset:
     )
 
 
-def _check_folder(folder: Path, resume: bool) -> None:
+def check_folder(folder: Path, resume: bool) -> None:
     """Refuse to overwrite a run; with resume, require one."""
     has_run = (folder / "last.json").is_file()
     if resume and not has_run:
@@ -58,7 +59,9 @@ def _finish(
     test, val = dataset.test, dataset.val
 
     def predicted(x: torch.Tensor) -> torch.Tensor:
-        logits = predict(trainer.model, x, trainer.transform, trainer.loop.eval_batch_size, trainer.device)
+        logits = predict(
+            trainer.model, x, trainer.transform, trainer.loop.eval_batch_size, trainer.device, trainer.place
+        )
         return logits.argmax(1)
 
     last_test = (predicted(test_x) == test.labels).float().mean().item()
@@ -84,11 +87,14 @@ def _finish(
         "epochs": trainer.schedule.epochs,
         "seconds": round(time.time() - started, 1),
     }
-    save_checkpoint(folder, "best", model, {**best_meta_clean(best_meta), "report": report})
-    # The test confusion matrix of the best-on-validation weights (rows: true class, columns: predicted).
-    write_json(
-        folder / "summary.json", {**report, "classes": dataset.classes, "test_confusion": confusion.tolist()}
-    )
+    if trainer.place.main:
+        save_checkpoint(folder, "best", model, {**best_meta_clean(best_meta), "report": report})
+        # The test confusion matrix of the best-on-validation weights (rows: true class, columns: predicted).
+        write_json(
+            folder / "summary.json",
+            {**report, "classes": dataset.classes, "test_confusion": confusion.tolist()},
+        )
+    trainer.place.barrier()
     say(
         f"[bold]{report['name']}[/bold] on {dataset.name}: test acc {best_test:.4f} (best val epoch "
         f"{report['best_epoch']}), {last_test:.4f} (last epoch); {report['params']:,} params, "
@@ -103,46 +109,53 @@ def best_meta_clean(meta: dict) -> dict:
     }
 
 
-def _write_config(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> None:
+def _write_config(cfg: TrainConfig | TeacherFitConfig, resume: bool, place: Dist) -> None:
     """Written once the run's inputs are known to be good, so a failed start leaves no folder behind."""
-    if not resume:
+    if not resume and place.main:
         atomic_write(Path(cfg.output.dir) / "config.yaml", to_yaml(cfg))
 
 
-def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[torch.device, Dataset]:
-    """What every run does first: claim the output folder, pick the device, load the data, seed."""
+def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, torch.device, Dataset]:
+    """What every run does first: claim the output folder, pick the device (and join the other
+    processes under torchrun), load the data, seed."""
     folder = Path(cfg.output.dir)
-    _check_folder(folder, resume)
+    check_folder(folder, resume)
     set_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    place, device = setup(pick_device(cfg.train.device))
     dataset = open_dataset(cfg.data)
     torch.manual_seed(cfg.train.seed)
-    return device, dataset
+    place.barrier()  # every process has checked the folder before rank 0 writes into it
+    return place, device, dataset
 
 
 def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train a student, alone or from teachers through transfer methods, and report its accuracies."""
     started = time.time()
-    device, dataset = _start(cfg, resume)
+    place, device, dataset = _start(cfg, resume)
     student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
     teachers = load_teachers(cfg.transfer.teachers, dataset, device)
     methods = build_methods(cfg, student.num_features, teachers, dataset.num_classes).to(device)
     hflip = _hflip(cfg.train.hflip, dataset)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
-    transform = image_transform(normalize, cfg.train.crop_padding, hflip)
+    transform = ImageTransform(normalize, cfg.train.crop_padding, hflip)
     loss_fn = (
-        TransferLoss(student, methods, teachers, dataset, normalize, cfg, hflip, device) if teachers else None
+        TransferLoss(student, methods, teachers, dataset, normalize, cfg, hflip, device, place)
+        if teachers
+        else None
     )
-    _write_config(cfg, resume)
+    _write_config(cfg, resume, place)
     meta = {
         "kind": "student",
         "model": {"name": cfg.model.name},
         "data": dataset.meta(),
         "config": cfg.model_dump(mode="json"),
     }
-    data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
+    data = FitData(
+        pinned(dataset.train.images, device), dataset.train.labels, dataset.val.images, dataset.val.labels
+    )
+    where = f"{device} x {place.world} processes" if place.active else str(device)
     say(
-        f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {device}"
+        f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {where}"
     )
     if teachers:
         extra = sum(p.numel() for p in methods.parameters())
@@ -152,6 +165,7 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     trainer = Trainer(
         student, data, transform, [{"params": trainable}], cfg.optim, cfg.schedule, cfg.train, cfg.output, meta,
         device, loss_fn=loss_fn, extra=methods if teachers else None,
+        step_module=loss_fn.module if loss_fn is not None else None, place=place,
     )  # fmt: skip
     if resume:
         trainer.resume()
@@ -161,10 +175,12 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 @torch.inference_mode()
 def _extract(
-    teacher: TeacherNet, images: torch.Tensor, batch_size: int, pooled: bool, device: torch.device, label: str
-) -> torch.Tensor:
-    """The frozen backbone's output for every image, computed once (probe mode)."""
+    teacher: TeacherNet, images: torch.Tensor, batch_size: int, pooled: bool, device: torch.device, label: str,
+    place: Dist,
+) -> torch.Tensor:  # fmt: skip
+    """The frozen backbone's output for every image, computed once (probe mode), shared among processes."""
     teacher.eval()
+    images = images[place.shard(len(images))]
     say(f"{label}: {len(images)} images through the frozen backbone, once")
     out = []
     progress = make_progress(True)
@@ -179,19 +195,19 @@ def _extract(
             ips = done / (time.perf_counter() - start)
             progress.update(task, advance=len(index), ips=ips)
             lines.update(done, ips)
-    return torch.cat(out)
+    return place.gather_rows(torch.cat(out))
 
 
 def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
     started = time.time()
-    device, dataset = _start(cfg, resume)
+    place, device, dataset = _start(cfg, resume)
     t = cfg.teacher
     spec = TeacherSpec(
         t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes
     )
     teacher = TeacherNet(spec).to(device)
-    _write_config(cfg, resume)
+    _write_config(cfg, resume, place)
     spec.input_size = teacher.input_size
     meta = {
         "kind": "teacher",
@@ -203,18 +219,20 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
         f"adapting {t.name} ({teacher.weights_source}, input {teacher.input_size}px, head {t.head}, "
         f"mode {cfg.adapt.mode}) on {dataset.name} ({escape(dataset.source)}), {device}"
     )
-    image_tf = image_transform(None, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
+    image_tf = ImageTransform(None, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
     for p in teacher.body.parameters():
         p.requires_grad_(cfg.adapt.mode == "finetune")
     if cfg.adapt.mode == "probe":
         # The backbone is frozen: its features are computed once and the head trains on them.
         def features(split: str) -> torch.Tensor:
             images, bs = dataset.split(split).images, cfg.adapt.feature_batch_size
-            return _extract(teacher, images, bs, t.head == "gap", device, f"{t.name} features ({split})")
+            return _extract(
+                teacher, images, bs, t.head == "gap", device, f"{t.name} features ({split})", place
+            )
 
         data = FitData(features("train"), dataset.train.labels, features("val"), dataset.val.labels)
         trained: nn.Module = teacher.head
-        transform: Transform = lambda x, training, gen: x  # noqa: E731 - features need no transform
+        transform: Transform = Identity()
         groups = [{"params": list(teacher.head.parameters())}]
     else:
         for prefix in cfg.adapt.freeze:
@@ -246,6 +264,7 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
         meta,
         device,
         saved=teacher,
+        place=place,
     )
     if resume:
         trainer.resume()

@@ -1,17 +1,19 @@
-"""The training loop shared by students and teachers.
+"""The training loop shared by students and teachers, in one process or several (torchrun).
 
 One epoch is a seeded permutation of the in-memory training tensors; the order and the
 augmentation of epoch e depend only on (seed, e), and the global RNG state is saved with
-every checkpoint, so `--resume` ends with the same weights as an uninterrupted run.
+every checkpoint, so `--resume` ends with the same weights as an uninterrupted run. Under
+torchrun each process takes its shard of every global batch, with the random choices drawn
+for the whole batch, so the steps do not depend on the number of processes.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +21,58 @@ from torch import nn
 
 from mtkd.console import make_progress, say
 from mtkd.data.batches import batch_indices, epoch_generator
+from mtkd.dist import SINGLE, Dist, wrap
 from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
-from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig
+from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig, config_difference
+from mtkd.engine.device import resolve_precision, use_channels_last
 from mtkd.engine.logger import MetricsLog
 from mtkd.errors import MtkdError
 
-# A batch transform: (raw batch, training?, generator) -> model input
-Transform = Callable[[torch.Tensor, bool, torch.Generator | None], torch.Tensor]
-# A training loss: (row indices, raw batch, labels, generator) -> (logits, named loss terms)
-LossFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]
-]
+
+class Transform(Protocol):
+    """Raw batch -> model input. `draw` makes the random choices of n rows (sliceable by rows, or
+    None); the transform applies them while training and is deterministic without them."""
+
+    def draw(self, n: int, gen: torch.Generator) -> Any: ...
+
+    def __call__(self, x: torch.Tensor, drawn: Any = None) -> torch.Tensor: ...
+
+
+class Identity:
+    """The transform of inputs used as they are (a probe's precomputed features)."""
+
+    def draw(self, n: int, gen: torch.Generator) -> None:
+        return None
+
+    def __call__(self, x: torch.Tensor, drawn: Any = None) -> torch.Tensor:
+        return x
+
+
+class StepLoss(Protocol):
+    """The loss of one training step. `draw` makes the step's random choices for the global batch;
+    the call gets this process's rows of it and the trained module (wrapped by DDP under torchrun)."""
+
+    def draw(self, n: int, gen: torch.Generator) -> Any: ...
+
+    def __call__(
+        self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+class CrossEntropy:
+    """The plain step: the model on the transformed batch, cross-entropy on the labels."""
+
+    def __init__(self, transform: Transform, label_smoothing: float):
+        self.transform, self.label_smoothing = transform, label_smoothing
+
+    def draw(self, n: int, gen: torch.Generator) -> Any:
+        return self.transform.draw(n, gen)
+
+    def __call__(
+        self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = net(self.transform(x, drawn))
+        return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
 
 
 @dataclass
@@ -63,25 +106,29 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, x: torch.Tensor, transform: Transform, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """Logits for every row of x, in order."""
+    model: nn.Module, x: torch.Tensor, transform: Transform, batch_size: int, device: torch.device,
+    place: Dist = SINGLE,
+) -> torch.Tensor:  # fmt: skip
+    """Logits for every row of x, in order (under torchrun each process computes its share)."""
     was_training = model.training
     model.eval()
+    x = x[place.shard(len(x))]
     out = [
-        model(transform(x[i].to(device), False, None)).float().cpu()
+        model(transform(x[i].to(device, non_blocking=True))).float().cpu()
         for i in batch_indices(len(x), batch_size, False)
     ]
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return place.gather_rows(torch.cat(out) if out else torch.empty(0))
 
 
 class Trainer:
     """Fit `model` on `data` with checkpoints in `out.dir`.
 
-    model: what the optimizer trains (student, a teacher's head, or a whole teacher);
+    model: what the optimizer trains and validation runs (student, a teacher's head, or a teacher);
     saved: the module whose weights are checkpointed (defaults to model);
-    meta: what every checkpoint JSON records besides metrics (kind, model spec, data, config).
+    meta: what every checkpoint JSON records besides metrics (kind, model spec, data, config);
+    loss_fn, step_module: the step's loss and the module it calls (default: cross-entropy on model);
+    under torchrun step_module is what DistributedDataParallel wraps (student and projectors).
     """
 
     def __init__(
@@ -97,16 +144,32 @@ class Trainer:
         meta: dict,
         device: torch.device,
         saved: nn.Module | None = None,
-        loss_fn: LossFn | None = None,
+        loss_fn: StepLoss | None = None,
         extra: nn.Module | None = None,
+        step_module: nn.Module | None = None,
+        place: Dist = SINGLE,
     ):
         self.model, self.saved = model, saved if saved is not None else model
-        self.loss_fn = loss_fn or self._cross_entropy
+        self.loss_fn = loss_fn or CrossEntropy(transform, loop.label_smoothing)
         self.extra = extra  # trained with the model (a method's projectors), kept only in the resume state
         self.data, self.transform = data, transform
         self.loop, self.schedule, self.out, self.meta, self.device = loop, schedule, out, meta, device
+        self.place = place
+        self.precision = resolve_precision(loop.precision, device)
+        self.channels_last = use_channels_last(loop.channels_last, device)
+        net = step_module if step_module is not None else model
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.net = wrap(net, place, device)
+        if loop.compile:
+            self.net = torch.compile(self.net)
         self.folder = Path(out.dir)
         n = len(data.train_y)
+        if place.active and loop.batch_size % place.world:
+            raise MtkdError(
+                f"train.batch_size {loop.batch_size} is the global batch and must divide evenly "
+                f"among the {place.world} processes"
+            )
         self.drop_last = n > loop.batch_size
         self.steps_per_epoch = n // loop.batch_size if self.drop_last else 1
         total = self.steps_per_epoch * schedule.epochs
@@ -122,7 +185,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from `last` in the output folder, which must come from the same config."""
         meta = read_meta(self.folder / "last.json")
-        diff = _first_difference(_run_defining(meta.get("config")), _run_defining(self.meta.get("config")))
+        diff = config_difference(meta.get("config"), self.meta.get("config"))
         if diff:
             raise MtkdError(f"cannot resume {self.folder}: its config differs at '{diff}'")
         self.saved.load_state_dict(load_weights(meta))
@@ -131,6 +194,8 @@ class Trainer:
             self.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.precision.scaler is not None and "scaler" in state:
+            self.precision.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and "cuda_rng" in state:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -139,16 +204,17 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the last epoch; returns the final row of metrics and the best epoch."""
-        log = MetricsLog(self.folder, self.out.tensorboard, self.start_epoch)
+        log = MetricsLog(self.folder, self.out.tensorboard, self.start_epoch) if self.place.main else None
         row: dict = {}
         try:
             for epoch in range(self.start_epoch + 1, self.schedule.epochs + 1):
-                row = self._epoch(epoch)
+                row, steps = self._epoch(epoch)
                 val_acc = row["val_acc"]
                 improved = val_acc > self.best["val_acc"]
                 if improved:
                     self.best = {"epoch": epoch, "val_acc": val_acc}
-                log.log(row)
+                if log is not None:
+                    log.log(row, steps)
                 self._save(epoch, row, improved)
                 say(
                     f"epoch {epoch}/{self.schedule.epochs}  loss {row['train_loss']:.4f}  "
@@ -156,57 +222,79 @@ class Trainer:
                     + ("  *best" if improved else "")
                 )
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         return {"last": row, "best": self.best}
 
-    def _cross_entropy(
-        self, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.model(self.transform(x, True, gen))
-        return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.loop.label_smoothing)}
-
-    def _epoch(self, epoch: int) -> dict:
-        self.model.train()
+    def _epoch(self, epoch: int) -> tuple[dict, list[dict]]:
+        self.net.train()
         if self.extra is not None:
             self.extra.train()
         gen = epoch_generator(self.loop.seed, epoch)
         x, y = self.data.train_x, self.data.train_y
+        place, every = self.place, self.out.log_every
         total_loss, correct, seen = 0.0, 0, 0
         term_sums: dict[str, float] = {}
+        steps: list[dict] = []
         start = time.perf_counter()
-        progress = make_progress(self.out.progress)
+        progress = make_progress(self.out.progress and place.main)
         with progress:
             task = progress.add_task(f"epoch {epoch}", total=self.steps_per_epoch, loss=0.0, acc=0.0, ips=0.0)
-            for index in batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last):
+            for step, index in enumerate(
+                batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last)
+            ):
+                # The random choices are drawn for the global batch, then each process takes its rows.
+                drawn = self.loss_fn.draw(len(index), gen)
+                part = place.shard(len(index))
+                index = index[part]
+                if drawn is not None:
+                    drawn = drawn[part]
                 batch = x[index].to(self.device, non_blocking=True)
+                if self.channels_last and batch.dim() == 4:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
                 target = y[index].to(self.device, non_blocking=True)
-                logits, terms = self.loss_fn(index, batch, target, gen)
-                loss = torch.stack(list(terms.values())).sum()
+                with self.precision.autocast(self.device):
+                    logits, terms = self.loss_fn(self.net, index, batch, target, drawn)
+                    loss = torch.stack([t.float() for t in terms.values()]).sum()
                 if not torch.isfinite(loss):
                     bad = next(k for k, v in terms.items() if not torch.isfinite(v))
                     raise MtkdError(
-                        f"loss term '{bad}' is {terms[bad].item()} at epoch {epoch}; lower the learning rate"
+                        f"loss term '{bad}' is {terms[bad].item()} at epoch {epoch}, step {step + 1}; "
+                        "lower the learning rate"
                     )
-                for key, value in terms.items():
-                    term_sums[key] = term_sums.get(key, 0.0) + value.item() * len(target)
+                values = {k: v.item() for k, v in terms.items()}
+                for key, value in values.items():
+                    term_sums[key] = term_sums.get(key, 0.0) + value * len(target)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                scaler = self.precision.scaler
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(self.optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    self.optimizer.step()
                 self.scheduler.step()
                 total_loss += loss.item() * len(target)
                 correct += (logits.argmax(1) == target).sum().item()
                 seen += len(target)
+                global_step = (epoch - 1) * self.steps_per_epoch + step + 1
+                if every and (global_step - 1) % every == 0:
+                    steps.append(self._step_row(global_step, epoch, values, len(target)))
                 progress.update(
                     task, advance=1, loss=total_loss / seen, acc=correct / seen,
-                    ips=seen / (time.perf_counter() - start),
+                    ips=seen * place.world / (time.perf_counter() - start),
                 )  # fmt: skip
         elapsed = time.perf_counter() - start
+        keys = list(term_sums)
+        total_loss, correct, seen, *sums = place.sum([total_loss, correct, seen, *term_sums.values()])
+        term_sums = dict(zip(keys, sums, strict=True))
         val_logits = predict(
-            self.model, self.data.val_x, self.transform, self.loop.eval_batch_size, self.device
+            self.model, self.data.val_x, self.transform, self.loop.eval_batch_size, self.device, place
         )
         val_loss = F.cross_entropy(val_logits, self.data.val_y).item()
         val_acc = (val_logits.argmax(1) == self.data.val_y).float().mean().item()
-        return {
+        row = {
             "epoch": epoch,
             "train_loss": total_loss / seen,
             **{f"train_{k}": v / seen for k, v in term_sums.items()},
@@ -217,40 +305,32 @@ class Trainer:
             "train_ips": seen / elapsed,
             "train_seconds": elapsed,
         }
+        return row, steps
+
+    def _step_row(self, global_step: int, epoch: int, values: dict[str, float], rows: int) -> dict:
+        """One step's loss terms, averaged over the global batch (all processes)."""
+        sums = self.place.sum([rows, *(v * rows for v in values.values())])
+        terms = {k: v / sums[0] for k, v in zip(values, sums[1:], strict=True)}
+        return {"step": global_step, "epoch": epoch, "loss": sum(terms.values()), **terms}
 
     def _save(self, epoch: int, row: dict, improved: bool) -> None:
-        meta = {**self.meta, "epoch": epoch, "metrics": row}
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "epoch": epoch,
-            "best": self.best,
-        }
-        if self.extra is not None:
-            state["extra"] = self.extra.state_dict()
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        if improved:
-            save_checkpoint(self.folder, "best", self.saved, meta)
-        save_checkpoint(self.folder, "last", self.saved, meta, state)
-
-
-def _run_defining(config: dict | None) -> dict:
-    """The parts of a config that change the result (not where output goes or which device runs it)."""
-    config = {k: v for k, v in (config or {}).items() if k != "output"}
-    if isinstance(config.get("train"), dict):
-        config["train"] = {k: v for k, v in config["train"].items() if k not in ("device", "threads")}
-    return config
-
-
-def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} -> {b!r}"
-    return ""
+        """Rank 0 writes the checkpoints; every process waits until they are on disk."""
+        if self.place.main:
+            meta = {**self.meta, "epoch": epoch, "metrics": row}
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "best": self.best,
+            }
+            if self.extra is not None:
+                state["extra"] = self.extra.state_dict()
+            if self.precision.scaler is not None:
+                state["scaler"] = self.precision.scaler.state_dict()
+            if torch.cuda.is_available():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
+            if improved:
+                save_checkpoint(self.folder, "best", self.saved, meta)
+            save_checkpoint(self.folder, "last", self.saved, meta, state)
+        self.place.barrier()

@@ -17,6 +17,7 @@ from torch import nn
 
 from mtkd.cache.teacher_cache import TeacherCache, build_cache, images_for, view_params
 from mtkd.data import Dataset
+from mtkd.dist import SINGLE, Dist
 from mtkd.engine.builders import load_model
 from mtkd.engine.config import TrainConfig
 from mtkd.errors import MtkdError
@@ -56,15 +57,36 @@ def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> l
     return teachers
 
 
+class StudentStep(nn.Module):
+    """The student and the methods' trainable parts as one module (what DDP wraps under torchrun):
+    normalised images and the teachers' outputs in, the student's logits and the method terms out."""
+
+    def __init__(self, student: nn.Module, methods: nn.ModuleList, hooks: FeatureHooks | None):
+        super().__init__()
+        self.student, self.methods = student, methods
+        self.hooks = hooks
+
+    def forward(
+        self, images: torch.Tensor, teachers: list[TeacherOutputs], target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pooled, logits = pooled_features(self.student, images)
+        maps = self.hooks.outputs if self.hooks else {}
+        student = StudentOutputs(logits=logits, features=pooled, maps=maps)
+        terms: dict[str, torch.Tensor] = {}
+        for method in self.methods:
+            terms.update(method(student, teachers, target))
+        return logits, terms
+
+
 class TransferLoss:
-    """The LossFn of the trainer for a student with teachers and methods."""
+    """The step loss of a student with teachers and methods (see trainer.StepLoss)."""
 
     def __init__(
         self, student: nn.Module, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset,
-        normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device,
+        normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
     ):  # fmt: skip
         t = cfg.transfer
-        self.student, self.methods, self.teachers = student, methods, teachers
+        self.methods, self.teachers = methods, teachers
         self.normalize, self.device, self.cfg = normalize, device, cfg
         images = dataset.train.images
         self.views = t.views
@@ -75,7 +97,9 @@ class TransferLoss:
             raise MtkdError(
                 "methods that read teachers' intermediate maps (hint) need transfer.teacher_mode: online"
             )
-        self.student_hooks = FeatureHooks(student, student_paths) if student_paths else None
+        self.module = StudentStep(
+            student, methods, FeatureHooks(student, student_paths) if student_paths else None
+        )
         self.teacher_hooks = (
             [FeatureHooks(x.net, self.teacher_paths) for x in teachers] if self.teacher_paths else []
         )
@@ -83,7 +107,7 @@ class TransferLoss:
             for teacher in teachers:
                 teacher.cache = build_cache(
                     teacher.net, teacher.sha, images, dataset.train.labels, t.views, cfg.train.crop_padding,
-                    hflip, t.view_seed, t.cache_dtype, teacher.has_logits, device, f"teacher {teacher.name}",
+                    hflip, t.view_seed, t.cache_dtype, teacher.has_logits, device, f"teacher {teacher.name}", place,
                 )  # fmt: skip
 
     def teacher_outputs(
@@ -106,21 +130,23 @@ class TransferLoss:
             out.append(TeacherOutputs(features=feats, logits=logits, maps=maps))
         return out
 
+    def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Which cached view each row of the step's global batch is shown as."""
+        return torch.randint(0, self.views, (n,), generator=gen)
+
     def __call__(
-        self, index: torch.Tensor, batch: torch.Tensor, target: torch.Tensor, gen: torch.Generator
+        self,
+        net: nn.Module,
+        index: torch.Tensor,
+        batch: torch.Tensor,
+        target: torch.Tensor,
+        views: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        views = torch.randint(0, self.views, (len(index),), generator=gen)
         images = images_for(batch, index, views.to(batch.device), self.params)
-        pooled, logits = pooled_features(self.student, self.normalize(images))
+        teachers = self.teacher_outputs(views, index, images)
+        logits, method_terms = net(self.normalize(images), teachers, target)
         ce = F.cross_entropy(logits, target, label_smoothing=self.cfg.train.label_smoothing)
-        terms = {"ce": self.cfg.transfer.ce_weight * ce}
-        if self.teachers:
-            teachers = self.teacher_outputs(views, index, images)
-            maps = self.student_hooks.outputs if self.student_hooks else {}
-            student = StudentOutputs(logits=logits, features=pooled, maps=maps)
-            for method in self.methods:
-                terms.update(method(student, teachers, target))
-        return logits, terms
+        return logits, {"ce": self.cfg.transfer.ce_weight * ce, **method_terms}
 
 
 def build_methods(

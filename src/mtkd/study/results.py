@@ -81,11 +81,11 @@ def measure_latency(folder: Path, cfg: LatencyConfig) -> float:
     torch.set_num_threads(cfg.threads)
     try:
         for _ in range(5):
-            model(transform(x, False, None))
+            model(transform(x))
         times = []
         for _ in range(cfg.repeats):
             start = time.perf_counter()
-            model(transform(x, False, None))
+            model(transform(x))
             times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)

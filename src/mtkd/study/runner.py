@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from mtkd.console import say
-from mtkd.engine.config import TeacherFitConfig, TrainConfig, read_yaml, to_yaml
-from mtkd.engine.trainer import _first_difference, _run_defining
+from mtkd.engine.config import TeacherFitConfig, TrainConfig, config_difference, read_yaml, to_yaml
+from mtkd.engine.launch import torchrun_command
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
 from mtkd.study.config import StudyConfig
@@ -37,7 +36,7 @@ def job_status(job: Job) -> str:
     folder = Path(job.config.output.dir)
     if (folder / "summary.json").is_file():
         saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
-        diff = _first_difference(_run_defining(saved), _run_defining(job.config.model_dump(mode="json")))
+        diff = config_difference(saved, job.config.model_dump(mode="json"))
         if diff:
             raise MtkdError(
                 f"{folder} was run with another config ({diff}): the study file changed; "
@@ -70,10 +69,40 @@ def _run_in_process(job: Job, resume: bool) -> None:
         run_train(job.config, resume=resume)
 
 
-def _command(job: Job, spec: Path, resume: bool, threads: int) -> list[str]:
-    verb = ["teacher", "fit"] if job.kind == "teacher" else ["train"]
-    cmd = [sys.executable, "-m", "mtkd", *verb, "--config", str(spec), "--set", f"train.threads={threads}"]
-    return cmd + (["--resume"] if resume else [])
+def _args(job: Job, spec: Path) -> list[str]:
+    """The `mtkd` arguments that run a job from its written config."""
+    return [*(["teacher", "fit"] if job.kind == "teacher" else ["train"]), "--config", str(spec)]
+
+
+def _command(job: Job, spec: Path, resume: bool, threads: int, nproc: int) -> list[str]:
+    args = [*_args(job, spec), "--set", f"train.threads={threads}", *(["--resume"] if resume else [])]
+    return torchrun_command(nproc, args)
+
+
+def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
+    """For a cluster: write every unfinished run's config and list one command per run, by stage.
+
+    Runs of a stage are independent of each other; a stage needs the runs of the earlier stages.
+    Submit each command as a job of its own (with torchrun options for several nodes), then
+    `mtkd study CONFIG --report-only` collects the results into one report.
+    """
+    jobs = plan(cfg)
+    todo = [j for j in jobs if job_status(j) != "done"]
+    stage: dict[str, int] = {}
+    for job in jobs:  # the plan lists every run after the runs it needs
+        stage[job.id] = 1 + max((stage[n] for n in job.needs), default=0)
+    lines = [f"# study {cfg.name}: {len(jobs)} runs, {len(todo)} to run; a stage needs the stages before it"]
+    for k in sorted({stage[j.id] for j in todo}):
+        lines.append(f"# stage {k}")
+        for job in (j for j in todo if stage[j.id] == k):
+            assert job.config is not None
+            spec = Path(job.config.output.dir) / "job.yaml"
+            atomic_write(spec, to_yaml(job.config))
+            launcher = "mtkd" if nproc == 1 else f"torchrun --nproc_per_node={nproc} -m mtkd"
+            resume = " --resume" if job_status(job) == "partial" else ""
+            lines.append(f"{launcher} {' '.join(_args(job, spec))}{resume}")
+    lines.append(f"# then: mtkd study {config_path} --out {cfg.output} --report-only")
+    return lines
 
 
 def _result_line(job: Job) -> str:
@@ -82,22 +111,27 @@ def _result_line(job: Job) -> str:
     return f"test acc {s['test_acc']:.4f} (best val epoch), {s['test_acc_last']:.4f} (last), {s['seconds']:.0f} s"
 
 
-def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
-    """Run every unfinished job (teachers before the students that need them); returns failures."""
+def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1) -> list[str]:
+    """Run every unfinished job (teachers before the students that need them); returns failures.
+
+    One job at a time in this process, or `workers` child processes (each of `nproc` processes
+    through torchrun when nproc > 1) sharing the cores.
+    """
     folder = Path(cfg.output)
     state = State(folder / "state.json", jobs)
     status = {j.id: job_status(j) for j in jobs}
     todo = [j for j in jobs if status[j.id] != "done"]
     done_count = len(jobs) - len(todo)
     say(f"study {cfg.name}: {len(jobs)} runs, {done_count} already done, {len(todo)} to run"
-        + (f" on {workers} processes" if workers > 1 and todo else ""))  # fmt: skip
+        + (f" on {workers} x {nproc} processes" if not (workers == 1 and nproc == 1) and todo else ""))  # fmt: skip
     for job in jobs:
         if status[job.id] == "done" and state.jobs[job.id].get("status") != "done":
             state.set(job, status="done")
     failed: dict[str, str] = {}
     finished = {j.id for j in jobs if status[j.id] == "done"}
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, (os.cpu_count() or 1) // (workers * nproc))
+    in_process = workers == 1 and nproc == 1
     pending = list(todo)
     position = done_count  # finished so far
     launched = done_count  # started so far
@@ -115,7 +149,7 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
         nonlocal launched
         launched += 1
         say(f"[{launched}/{len(jobs)}] {'resuming' if resume else 'starting'} {job.id}")
-        if workers == 1:
+        if in_process:
             t0 = time.time()
             try:
                 _run_in_process(job, resume)
@@ -128,7 +162,7 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
             atomic_write(spec, to_yaml(job.config))
             log = open(run_dir / "log.txt", "a")
             proc = subprocess.Popen(
-                _command(job, spec, resume, threads), stdout=log, stderr=subprocess.STDOUT
+                _command(job, spec, resume, threads, nproc), stdout=log, stderr=subprocess.STDOUT
             )
             log.close()
             running[job.id] = (proc, job, time.time())
@@ -148,7 +182,7 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
 
     while pending or running:
         for job in list(pending):
-            if len(running) >= workers and workers > 1:
+            if len(running) >= workers and not in_process:
                 break
             reason = blocked(job)
             if reason:
@@ -177,16 +211,20 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int) -> list[str]:
     return [f"{k}: {v}" for k, v in failed.items()]
 
 
-def run_study(cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True) -> dict:
+def run_study(
+    cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True, nproc: int = 1
+) -> dict:
     """Plan, run what is missing, write the report; returns the report's answers."""
     if workers < 1:
         raise MtkdError(f"--jobs must be >= 1, got {workers}")
+    if nproc < 1:
+        raise MtkdError(f"--nproc-per-run must be >= 1, got {nproc}")
     folder = Path(cfg.output)
     jobs = plan(cfg)  # every run's config is validated here, before anything runs
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock", f"study {folder}", wait=False):
         atomic_write(folder / "study.yaml", to_yaml(cfg))
-        failures = run_jobs(cfg, jobs, workers) if run else []
+        failures = run_jobs(cfg, jobs, workers, nproc) if run else []
         answers: dict = {}
         if report:
             from mtkd.study.report import write_report
