@@ -54,7 +54,7 @@ def test_shards_cover_a_batch_in_order():
 
 
 def test_two_processes_take_the_steps_of_one(tmp_path):
-    args = ["train", *COMMON, "--model", "cnn_small", "--epochs", "3"]
+    args = ["train", *COMMON, "--model", "cnn_small", "--epochs", "3", "--set", "train.sync_bn=true"]
     one, two = tmp_path / "one", tmp_path / "two"
     mtkd([*args, "--out", one], tmp_path / "home")
     proc = mtkd([*args, "--out", two, "--nproc", "2"], tmp_path / "home")
@@ -76,7 +76,7 @@ def test_teacher_cache_and_transfer_with_two_processes(tmp_path):
     teacher = tmp_path / "teacher"
     mtkd(["teacher", "fit", "--dataset", "digits", "--teacher", "mobilenet_v2", "--input-size", "32",
           "--epochs", "2", "--out", teacher, "--set", "output.tensorboard=false"], tmp_path / "home")  # fmt: skip
-    args = ["train", *COMMON, "--epochs", "1", "--teachers", f"[{teacher}]", "--methods", "[features, kd]",
+    args = ["train", *COMMON, "--epochs", "1", "--set", "train.sync_bn=true", "--teachers", f"[{teacher}]", "--methods", "[features, kd]",
             "--set", "transfer.views=3", "--set", "transfer.cache_dtype=float32"]  # fmt: skip
     mtkd([*args, "--out", tmp_path / "one"], tmp_path / "home1")
     mtkd([*args, "--out", tmp_path / "two", "--nproc", "2"], tmp_path / "home2")

@@ -5,8 +5,9 @@ process group (nccl on CUDA, gloo on the CPU) and gives each process its device.
 variables everything here is a no-op and a run is one ordinary process.
 
 A global batch of B rows is split into WORLD_SIZE equal contiguous shards; every random choice
-(order, crops, flips, views) is drawn for the whole global batch and then sliced, and batch
-norm statistics are reduced across processes, so N processes compute the same steps as one.
+(order, crops, flips, views) is drawn for the whole global batch and then sliced; with
+`train.sync_bn` batch norm statistics are reduced across processes too, and then N processes
+compute the same steps as one.
 """
 
 from __future__ import annotations
@@ -132,15 +133,22 @@ def _die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def wrap(module: nn.Module, place: Dist, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around the trained module (after its batch norms are synchronised)."""
+def wrap(module: nn.Module, place: Dist, device: torch.device, sync_bn: bool) -> nn.Module:
+    """DistributedDataParallel around the trained module.
+
+    sync_bn: batch norm over the global batch, so the steps are those of one process. Without
+    it each process normalises its own rows and rank 0's running statistics are broadcast at
+    every step (DDP's default, and timm's and torchvision's).
+    """
     if not place.active:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    sync_batch_norm(module, device)
+    if sync_bn:
+        sync_batch_norm(module, device)
     ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    # Synced running statistics are the same everywhere: no need to broadcast them.
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=not sync_bn)
 
 
 def sync_batch_norm(module: nn.Module, device: torch.device) -> None:

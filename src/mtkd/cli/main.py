@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         print(f"mtkd: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("mtkd: interrupted", file=sys.stderr)
         sys.exit(130)

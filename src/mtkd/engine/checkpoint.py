@@ -45,12 +45,12 @@ def save_checkpoint(
     weights = folder / f"{tag}.safetensors"
     with atomic_path(weights) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    files["weights"] = {"name": weights.name, "sha256": sha256_file(weights)}
+    files["weights"] = _entry(weights)
     if train_state is not None:
         state_path = folder / f"{tag}.state.pt"
         with atomic_path(state_path) as tmp:
             torch.save(train_state, tmp)
-        files["state"] = {"name": state_path.name, "sha256": sha256_file(state_path)}
+        files["state"] = _entry(state_path)
     record = {
         **meta,
         "files": files,
@@ -59,6 +59,10 @@ def save_checkpoint(
         "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     write_json(folder / f"{tag}.json", record)
+
+
+def _entry(path: Path) -> dict:
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -92,6 +96,10 @@ def _verified(folder: Path, entry: dict) -> Path:
     path = folder / entry["name"]
     if not path.is_file():
         raise MtkdError(f"checkpoint file missing: {path}")
+    if "bytes" in entry and path.stat().st_size != entry["bytes"]:
+        raise MtkdError(
+            f"checkpoint file is truncated ({path.stat().st_size} of {entry['bytes']} bytes): {path}"
+        )
     if sha256_file(path) != entry["sha256"]:
         raise MtkdError(f"checkpoint file is corrupt or truncated (hash mismatch): {path}")
     return path

@@ -58,6 +58,10 @@ class LoopConfig(Section):
     )
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on for CUDA")
     compile: bool = Field(False, description="torch.compile the trained module")
+    sync_bn: bool = Field(
+        False,
+        description="under torchrun: batch norm over the global batch (the steps of one process; slower)",
+    )
 
 
 class OutputConfig(Section):

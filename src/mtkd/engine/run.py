@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from mtkd.engine.device import pick_device, pinned, set_threads
 from mtkd.engine.trainer import FitData, Identity, Trainer, Transform, predict
 from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
 from mtkd.errors import MtkdError
-from mtkd.io import atomic_write, write_json
+from mtkd.io import atomic_write, file_lock, write_json
 from mtkd.models.cost import count_macs, count_params
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student
@@ -109,10 +110,17 @@ def best_meta_clean(meta: dict) -> dict:
     }
 
 
-def _write_config(cfg: TrainConfig | TeacherFitConfig, resume: bool, place: Dist) -> None:
-    """Written once the run's inputs are known to be good, so a failed start leaves no folder behind."""
-    if not resume and place.main:
-        atomic_write(Path(cfg.output.dir) / "config.yaml", to_yaml(cfg))
+def _claim(cfg: TrainConfig | TeacherFitConfig, resume: bool, place: Dist, stack: ExitStack) -> None:
+    """Lock the run folder for this run (a second run into it stops) and write the config.
+
+    Done once the run's inputs are known to be good, so a failed start leaves no folder behind.
+    """
+    if not place.main:
+        return
+    folder = Path(cfg.output.dir)
+    stack.enter_context(file_lock(folder / ".lock", f"run folder {folder}", wait=False))
+    if not resume:
+        atomic_write(folder / "config.yaml", to_yaml(cfg))
 
 
 def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, torch.device, Dataset]:
@@ -130,6 +138,11 @@ def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, tor
 
 def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train a student, alone or from teachers through transfer methods, and report its accuracies."""
+    with ExitStack() as stack:
+        return _train(cfg, resume, stack)
+
+
+def _train(cfg: TrainConfig, resume: bool, stack: ExitStack) -> dict:
     started = time.time()
     place, device, dataset = _start(cfg, resume)
     student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
@@ -143,7 +156,7 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
         if teachers
         else None
     )
-    _write_config(cfg, resume, place)
+    _claim(cfg, resume, place, stack)
     meta = {
         "kind": "student",
         "model": {"name": cfg.model.name},
@@ -200,6 +213,11 @@ def _extract(
 
 def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
+    with ExitStack() as stack:
+        return _teacher_fit(cfg, resume, stack)
+
+
+def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
     started = time.time()
     place, device, dataset = _start(cfg, resume)
     t = cfg.teacher
@@ -207,7 +225,7 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
         t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes
     )
     teacher = TeacherNet(spec).to(device)
-    _write_config(cfg, resume, place)
+    _claim(cfg, resume, place, stack)
     spec.input_size = teacher.input_size
     meta = {
         "kind": "teacher",

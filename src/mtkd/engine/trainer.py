@@ -26,7 +26,8 @@ from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, sa
 from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig, config_difference
 from mtkd.engine.device import resolve_precision, use_channels_last
 from mtkd.engine.logger import MetricsLog
-from mtkd.errors import MtkdError
+from mtkd.engine.signals import StopRequests
+from mtkd.errors import Interrupted, MtkdError
 
 
 class Transform(Protocol):
@@ -160,7 +161,7 @@ class Trainer:
         net = step_module if step_module is not None else model
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
-        self.net = wrap(net, place, device)
+        self.net = wrap(net, place, device, loop.sync_bn)
         if loop.compile:
             self.net = torch.compile(self.net)
         self.folder = Path(out.dir)
@@ -181,6 +182,9 @@ class Trainer:
         )
         self.start_epoch = 0
         self.best = {"epoch": 0, "val_acc": -1.0}
+        self.partial: dict | None = None  # an epoch stopped by a signal, to finish first on resume
+        self.last_row: dict = {}
+        self.stop = StopRequests()
 
     def resume(self) -> None:
         """Continue from `last` in the output folder, which must come from the same config."""
@@ -200,31 +204,45 @@ class Trainer:
         if torch.cuda.is_available() and "cuda_rng" in state:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.start_epoch, self.best = int(state["epoch"]), dict(state["best"])
-        say(f"resuming {self.folder} after epoch {self.start_epoch}")
+        self.partial, self.last_row = state.get("in_epoch"), dict(meta.get("metrics") or {})
+        where = f"epoch {self.start_epoch}" + (f", step {self.partial['step']}" if self.partial else "")
+        say(f"resuming {self.folder} after {where}")
 
     def fit(self) -> dict:
-        """Train to the last epoch; returns the final row of metrics and the best epoch."""
+        """Train to the last epoch; returns the final row of metrics and the best epoch.
+
+        SIGINT or SIGTERM stops it between two steps after saving `last` (with the position in
+        the epoch), and raises Interrupted; `--resume` then continues from that very step.
+        """
         log = MetricsLog(self.folder, self.out.tensorboard, self.start_epoch) if self.place.main else None
         row: dict = {}
         try:
-            for epoch in range(self.start_epoch + 1, self.schedule.epochs + 1):
-                row, steps = self._epoch(epoch)
-                val_acc = row["val_acc"]
-                improved = val_acc > self.best["val_acc"]
-                if improved:
-                    self.best = {"epoch": epoch, "val_acc": val_acc}
-                if log is not None:
-                    log.log(row, steps)
-                self._save(epoch, row, improved)
-                say(
-                    f"epoch {epoch}/{self.schedule.epochs}  loss {row['train_loss']:.4f}  "
-                    f"train acc {row['train_acc']:.4f}  val acc {val_acc:.4f}  {row['train_ips']:.0f} img/s"
-                    + ("  *best" if improved else "")
-                )
+            with self.stop:
+                for epoch in range(self.start_epoch + 1, self.schedule.epochs + 1):
+                    row, steps = self._epoch(epoch)
+                    val_acc = row["val_acc"]
+                    improved = val_acc > self.best["val_acc"]
+                    if improved:
+                        self.best = {"epoch": epoch, "val_acc": val_acc}
+                    if log is not None:
+                        log.log(row, steps)
+                    self.last_row = row
+                    self._save(epoch, row, improved)
+                    say(
+                        f"epoch {epoch}/{self.schedule.epochs}  loss {row['train_loss']:.4f}  "
+                        f"train acc {row['train_acc']:.4f}  val acc {val_acc:.4f}  {row['train_ips']:.0f} img/s"
+                        + ("  *best" if improved else "")
+                    )
         finally:
             if log is not None:
                 log.close()
         return {"last": row, "best": self.best}
+
+    def _stop_requested(self, step: int) -> bool:
+        """Has a process been asked to stop? Processes agree every 16 steps (one small all-reduce)."""
+        if not self.place.active:
+            return bool(self.stop.signum)
+        return step % 16 == 0 and self.place.sum([float(self.stop.signum)])[0] > 0
 
     def _epoch(self, epoch: int) -> tuple[dict, list[dict]]:
         self.net.train()
@@ -233,79 +251,99 @@ class Trainer:
         gen = epoch_generator(self.loop.seed, epoch)
         x, y = self.data.train_x, self.data.train_y
         place, every = self.place, self.out.log_every
-        total_loss, correct, seen = 0.0, 0, 0
-        term_sums: dict[str, float] = {}
-        steps: list[dict] = []
+        # This process's sums, carried over when a signal stopped the epoch part way.
+        part = self.partial if self.partial and self.partial["epoch"] == epoch else None
+        self.partial = None
+        sums = dict(part["sums"]) if part else {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+        term_sums: dict[str, float] = dict(part["terms"]) if part else {}
+        steps: list[dict] = list(part["steps"]) if part else []
+        skip, before = (part["step"], part["seconds"]) if part else (0, 0.0)
+        seen_before = sums["seen"]
         start = time.perf_counter()
         progress = make_progress(self.out.progress and place.main)
         with progress:
-            task = progress.add_task(f"epoch {epoch}", total=self.steps_per_epoch, loss=0.0, acc=0.0, ips=0.0)
+            task = progress.add_task(
+                f"epoch {epoch}", total=self.steps_per_epoch, completed=skip, loss=0.0, acc=0.0, ips=0.0
+            )
             for step, index in enumerate(
                 batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last)
             ):
                 # The random choices are drawn for the global batch, then each process takes its rows.
                 drawn = self.loss_fn.draw(len(index), gen)
-                part = place.shard(len(index))
-                index = index[part]
+                if step < skip:
+                    continue  # done before the interruption: only the generator moves on
+                rows = place.shard(len(index))
+                index = index[rows]
                 if drawn is not None:
-                    drawn = drawn[part]
-                batch = x[index].to(self.device, non_blocking=True)
-                if self.channels_last and batch.dim() == 4:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                target = y[index].to(self.device, non_blocking=True)
-                with self.precision.autocast(self.device):
-                    logits, terms = self.loss_fn(self.net, index, batch, target, drawn)
-                    loss = torch.stack([t.float() for t in terms.values()]).sum()
-                if not torch.isfinite(loss):
-                    bad = next(k for k, v in terms.items() if not torch.isfinite(v))
-                    raise MtkdError(
-                        f"loss term '{bad}' is {terms[bad].item()} at epoch {epoch}, step {step + 1}; "
-                        "lower the learning rate"
-                    )
-                values = {k: v.item() for k, v in terms.items()}
+                    drawn = drawn[rows]
+                values, logits, target = self._step(epoch, step, index, x, y, drawn)
                 for key, value in values.items():
                     term_sums[key] = term_sums.get(key, 0.0) + value * len(target)
-                self.optimizer.zero_grad(set_to_none=True)
-                scaler = self.precision.scaler
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(self.optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    self.optimizer.step()
-                self.scheduler.step()
-                total_loss += loss.item() * len(target)
-                correct += (logits.argmax(1) == target).sum().item()
-                seen += len(target)
+                sums["loss"] += sum(values.values()) * len(target)
+                sums["correct"] += (logits.argmax(1) == target).sum().item()
+                sums["seen"] += len(target)
                 global_step = (epoch - 1) * self.steps_per_epoch + step + 1
                 if every and (global_step - 1) % every == 0:
                     steps.append(self._step_row(global_step, epoch, values, len(target)))
                 progress.update(
-                    task, advance=1, loss=total_loss / seen, acc=correct / seen,
-                    ips=seen * place.world / (time.perf_counter() - start),
+                    task, advance=1, loss=sums["loss"] / sums["seen"], acc=sums["correct"] / sums["seen"],
+                    ips=(sums["seen"] - seen_before) * place.world / (time.perf_counter() - start),
                 )  # fmt: skip
-        elapsed = time.perf_counter() - start
+                if self._stop_requested(step + 1):
+                    self._save_interrupted(
+                        {"epoch": epoch, "step": step + 1, "sums": sums, "terms": term_sums, "steps": steps,
+                         "seconds": before + time.perf_counter() - start}
+                    )  # fmt: skip
+        elapsed = before + time.perf_counter() - start
         keys = list(term_sums)
-        total_loss, correct, seen, *sums = place.sum([total_loss, correct, seen, *term_sums.values()])
-        term_sums = dict(zip(keys, sums, strict=True))
+        loss_sum, correct, seen, *reduced = place.sum(
+            [sums["loss"], sums["correct"], sums["seen"], *term_sums.values()]
+        )
         val_logits = predict(
             self.model, self.data.val_x, self.transform, self.loop.eval_batch_size, self.device, place
         )
-        val_loss = F.cross_entropy(val_logits, self.data.val_y).item()
-        val_acc = (val_logits.argmax(1) == self.data.val_y).float().mean().item()
         row = {
             "epoch": epoch,
-            "train_loss": total_loss / seen,
-            **{f"train_{k}": v / seen for k, v in term_sums.items()},
+            "train_loss": loss_sum / seen,
+            **{f"train_{k}": v / seen for k, v in zip(keys, reduced, strict=True)},
             "train_acc": correct / seen,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
+            "val_loss": F.cross_entropy(val_logits, self.data.val_y).item(),
+            "val_acc": (val_logits.argmax(1) == self.data.val_y).float().mean().item(),
             "train_lr": self.optimizer.param_groups[0]["lr"],
             "train_ips": seen / elapsed,
             "train_seconds": elapsed,
         }
         return row, steps
+
+    def _step(
+        self, epoch: int, step: int, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """One optimisation step on this process's rows: (loss terms, logits, labels)."""
+        batch = x[index].to(self.device, non_blocking=True)
+        if self.channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        target = y[index].to(self.device, non_blocking=True)
+        with self.precision.autocast(self.device):
+            logits, terms = self.loss_fn(self.net, index, batch, target, drawn)
+            loss = torch.stack([t.float() for t in terms.values()]).sum()
+        if not torch.isfinite(loss):
+            bad = next(k for k, v in terms.items() if not torch.isfinite(v))
+            raise MtkdError(
+                f"loss term '{bad}' is {terms[bad].item()} at epoch {epoch}, step {step + 1}; stopped "
+                f"(the last good checkpoint stays in {self.folder}): lower the learning rate"
+            )
+        values = {k: v.item() for k, v in terms.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        return values, logits, target
 
     def _step_row(self, global_step: int, epoch: int, values: dict[str, float], rows: int) -> dict:
         """One step's loss terms, averaged over the global batch (all processes)."""
@@ -313,24 +351,43 @@ class Trainer:
         terms = {k: v / sums[0] for k, v in zip(values, sums[1:], strict=True)}
         return {"step": global_step, "epoch": epoch, "loss": sum(terms.values()), **terms}
 
+    def _train_state(self, completed: int) -> dict:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": completed,
+            "best": self.best,
+        }
+        if self.extra is not None:
+            state["extra"] = self.extra.state_dict()
+        if self.precision.scaler is not None:
+            state["scaler"] = self.precision.scaler.state_dict()
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
     def _save(self, epoch: int, row: dict, improved: bool) -> None:
         """Rank 0 writes the checkpoints; every process waits until they are on disk."""
         if self.place.main:
             meta = {**self.meta, "epoch": epoch, "metrics": row}
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "best": self.best,
-            }
-            if self.extra is not None:
-                state["extra"] = self.extra.state_dict()
-            if self.precision.scaler is not None:
-                state["scaler"] = self.precision.scaler.state_dict()
-            if torch.cuda.is_available():
-                state["cuda_rng"] = torch.cuda.get_rng_state_all()
             if improved:
                 save_checkpoint(self.folder, "best", self.saved, meta)
+            save_checkpoint(self.folder, "last", self.saved, meta, self._train_state(epoch))
+        self.place.barrier()
+
+    def _save_interrupted(self, position: dict) -> None:
+        """Save `last` in the middle of an epoch (where a signal stopped it) and stop."""
+        epoch, step = position["epoch"], position["step"]
+        if self.place.main:
+            state = {**self._train_state(epoch - 1), "in_epoch": position}
+            meta = {**self.meta, "epoch": epoch - 1, "metrics": self.last_row,
+                    "interrupted": {"epoch": epoch, "step": step}}  # fmt: skip
             save_checkpoint(self.folder, "last", self.saved, meta, state)
         self.place.barrier()
+        name = self.stop.name or "a signal to another process"
+        raise Interrupted(
+            f"stopped by {name} at epoch {epoch}, step {step}/{self.steps_per_epoch}; saved "
+            f"{self.folder / 'last.json'}: continue with --resume",
+            self.stop.signum or 15,
+        )

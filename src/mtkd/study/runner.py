@@ -17,7 +17,8 @@ from pathlib import Path
 from mtkd.console import say
 from mtkd.engine.config import TeacherFitConfig, TrainConfig, config_difference, read_yaml, to_yaml
 from mtkd.engine.launch import torchrun_command
-from mtkd.errors import MtkdError
+from mtkd.engine.signals import StopRequests
+from mtkd.errors import Interrupted, MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
 from mtkd.study.config import StudyConfig
 from mtkd.study.plan import Job, plan
@@ -111,104 +112,142 @@ def _result_line(job: Job) -> str:
     return f"test acc {s['test_acc']:.4f} (best val epoch), {s['test_acc_last']:.4f} (last), {s['seconds']:.0f} s"
 
 
-def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1) -> list[str]:
-    """Run every unfinished job (teachers before the students that need them); returns failures.
+class _Runner:
+    """Runs a study's unfinished jobs: one at a time in this process, or `workers` child
+    processes (each of `nproc` processes through torchrun when nproc > 1) sharing the cores.
 
-    One job at a time in this process, or `workers` child processes (each of `nproc` processes
-    through torchrun when nproc > 1) sharing the cores.
+    SIGINT/SIGTERM stop it cleanly: no new run starts, running children get the signal once
+    (they save their place), and the study ends with Interrupted; running it again continues.
     """
-    folder = Path(cfg.output)
-    state = State(folder / "state.json", jobs)
-    status = {j.id: job_status(j) for j in jobs}
-    todo = [j for j in jobs if status[j.id] != "done"]
-    done_count = len(jobs) - len(todo)
-    say(f"study {cfg.name}: {len(jobs)} runs, {done_count} already done, {len(todo)} to run"
-        + (f" on {workers} x {nproc} processes" if not (workers == 1 and nproc == 1) and todo else ""))  # fmt: skip
-    for job in jobs:
-        if status[job.id] == "done" and state.jobs[job.id].get("status") != "done":
-            state.set(job, status="done")
-    failed: dict[str, str] = {}
-    finished = {j.id for j in jobs if status[j.id] == "done"}
-    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
-    threads = max(1, (os.cpu_count() or 1) // (workers * nproc))
-    in_process = workers == 1 and nproc == 1
-    pending = list(todo)
-    position = done_count  # finished so far
-    launched = done_count  # started so far
 
-    def blocked(job: Job) -> str | None:
-        return next((n for n in job.needs if n in failed), None)
+    def __init__(self, cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int):
+        self.name, self.jobs, self.workers, self.nproc = cfg.name, jobs, workers, nproc
+        self.state = State(Path(cfg.output) / "state.json", jobs)
+        self.status = {j.id: job_status(j) for j in jobs}
+        self.todo = [j for j in jobs if self.status[j.id] != "done"]
+        self.finished = {j.id for j in jobs if self.status[j.id] == "done"}
+        self.failed: dict[str, str] = {}
+        self.running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
+        self.threads = max(1, (os.cpu_count() or 1) // (workers * nproc))
+        self.in_process = workers == 1 and nproc == 1
+        self.position = self.launched = len(jobs) - len(self.todo)  # finished / started so far
+        self.stop = StopRequests()
+        for job in jobs:
+            if self.status[job.id] == "done" and self.state.jobs[job.id].get("status") != "done":
+                self.state.set(job, status="done")
 
-    def start(job: Job) -> None:
+    def blocked(self, job: Job) -> str | None:
+        return next((n for n in job.needs if n in self.failed), None)
+
+    def start(self, job: Job) -> None:
         assert job.config is not None
         run_dir = Path(job.config.output.dir)
-        resume = status[job.id] == "partial"
+        resume = self.status[job.id] == "partial"
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # a start that never reached its first checkpoint
-        state.set(job, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        nonlocal launched
-        launched += 1
-        say(f"[{launched}/{len(jobs)}] {'resuming' if resume else 'starting'} {job.id}")
-        if in_process:
+        self.state.set(job, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.launched += 1
+        say(f"[{self.launched}/{len(self.jobs)}] {'resuming' if resume else 'starting'} {job.id}")
+        if self.in_process:
             t0 = time.time()
             try:
                 _run_in_process(job, resume)
+            except Interrupted:
+                self.state.set(job, status="interrupted")
+                raise
             except MtkdError as exc:
-                finish(job, str(exc), t0)
+                self.finish(job, str(exc), t0)
                 return
-            finish(job, None, t0)
-        else:
-            spec = run_dir / "job.yaml"
-            atomic_write(spec, to_yaml(job.config))
-            log = open(run_dir / "log.txt", "a")
+            self.finish(job, None, t0)
+            return
+        spec = run_dir / "job.yaml"
+        atomic_write(spec, to_yaml(job.config))
+        with open(run_dir / "log.txt", "a") as log:
+            # A session of its own: a Ctrl-C reaches the study, which passes it on once.
             proc = subprocess.Popen(
-                _command(job, spec, resume, threads, nproc), stdout=log, stderr=subprocess.STDOUT
-            )
-            log.close()
-            running[job.id] = (proc, job, time.time())
+                _command(job, spec, resume, self.threads, self.nproc), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.running[job.id] = (proc, job, time.time())
 
-    def finish(job: Job, error: str | None, t0: float) -> None:
-        nonlocal position
-        position += 1
+    def finish(self, job: Job, error: str | None, t0: float) -> None:
+        self.position += 1
         seconds = round(time.time() - t0, 1)
+        n = len(self.jobs)
         if error is None:
-            finished.add(job.id)
-            state.set(job, status="done", seconds=seconds)
-            say(f"[{position}/{len(jobs)}] done {job.id}: {_result_line(job)}")
+            self.finished.add(job.id)
+            self.state.set(job, status="done", seconds=seconds)
+            say(f"[{self.position}/{n}] done {job.id}: {_result_line(job)}")
         else:
-            failed[job.id] = error
-            state.set(job, status="failed", error=error, seconds=seconds)
-            say(f"[{position}/{len(jobs)}] [red]failed[/red] {job.id}: {error}")
+            self.failed[job.id] = error
+            self.state.set(job, status="failed", error=error, seconds=seconds)
+            say(f"[{self.position}/{n}] [red]failed[/red] {job.id}: {error}")
 
-    while pending or running:
-        for job in list(pending):
-            if len(running) >= workers and not in_process:
-                break
-            reason = blocked(job)
-            if reason:
-                pending.remove(job)
-                failed[job.id] = f"needs {reason}, which failed"
-                state.set(job, status="skipped", error=failed[job.id])
+    def poll(self) -> None:
+        for job_id, (proc, job, t0) in list(self.running.items()):
+            if proc.poll() is None:
                 continue
-            if all(n in finished for n in job.needs):
-                pending.remove(job)
-                start(job)
-        for job_id, (proc, job, t0) in list(running.items()):
-            if proc.poll() is not None:
-                del running[job_id]
-                assert job.config is not None
-                error = None
-                if proc.returncode != 0:
-                    lines = (Path(job.config.output.dir) / "log.txt").read_text().strip().splitlines()
-                    error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix(
-                        "mtkd: error: "
-                    )
-                finish(job, error, t0)
-        if running:
+            del self.running[job_id]
+            assert job.config is not None
+            if self.stop.signum and proc.returncode > 128:
+                self.state.set(job, status="interrupted")
+                continue
+            error = None
+            if proc.returncode != 0:
+                lines = (Path(job.config.output.dir) / "log.txt").read_text().strip().splitlines()
+                error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix(
+                    "mtkd: error: "
+                )
+            self.finish(job, error, t0)
+
+    def interrupt(self) -> None:
+        """Pass the signal on to the running children, wait for them to save, and stop."""
+        for proc, _, _ in self.running.values():
+            proc.send_signal(self.stop.signum)
+        while self.running:
+            self.poll()
             time.sleep(0.2)
-        elif pending and not any(all(n in finished for n in j.needs) or blocked(j) for j in pending):
-            raise MtkdError("study jobs wait on each other; this is a bug in the plan")
-    return [f"{k}: {v}" for k, v in failed.items()]
+        raise Interrupted(
+            f"study stopped by {self.stop.name}; finished runs are kept and interrupted ones saved their "
+            "place: run the same command to continue",
+            self.stop.signum,
+        )
+
+    def run(self) -> list[str]:
+        n, todo = len(self.jobs), len(self.todo)
+        where = "" if self.in_process or not todo else f" on {self.workers} x {self.nproc} processes"
+        say(f"study {self.name}: {n} runs, {n - todo} already done, {todo} to run{where}")
+        pending = list(self.todo)
+        with self.stop:
+            while pending or self.running:
+                if self.stop.signum:
+                    self.interrupt()
+                for job in list(pending):
+                    if len(self.running) >= self.workers and not self.in_process:
+                        break
+                    reason = self.blocked(job)
+                    if reason:
+                        pending.remove(job)
+                        self.failed[job.id] = f"needs {reason}, which failed"
+                        self.state.set(job, status="skipped", error=self.failed[job.id])
+                    elif all(d in self.finished for d in job.needs):
+                        pending.remove(job)
+                        self.start(job)
+                        if self.stop.signum:
+                            break
+                self.poll()
+                if self.running:
+                    time.sleep(0.2)
+                elif pending and not any(
+                    all(d in self.finished for d in j.needs) or self.blocked(j) for j in pending
+                ):
+                    raise MtkdError("study jobs wait on each other; this is a bug in the plan")
+        return [f"{k}: {v}" for k, v in self.failed.items()]
+
+
+def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1) -> list[str]:
+    """Run every unfinished job (teachers before the students that need them); returns failures."""
+    return _Runner(cfg, jobs, workers, nproc).run()
 
 
 def run_study(

@@ -1,0 +1,122 @@
+"""Interruption, hostile or damaged files, and concurrent use: no lost work, no code run from files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from mtkd.io import file_lock, sha256_file
+
+RUN = ["train", "--dataset", "digits", "--model", "resnet8", "--epochs", "4", "--batch-size", "32",
+       "--set", "output.tensorboard=false", "--set", "train.threads=1"]  # fmt: skip
+
+
+def _start(args: list[str], home: Path) -> subprocess.Popen:
+    env = {**os.environ, "MTKD_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtkd", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not path.is_file():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the signal"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = _start([*RUN, "--out", out], out.parent / "home")
+    assert proc.wait() == 0, proc.stderr.read()
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_step_and_resume_ends_with_the_same_weights(sig, reference, tmp_path):
+    run = tmp_path / "run"
+    proc = _start([*RUN, "--out", run], tmp_path / "home")
+    _wait_for(run / "last.json", proc)  # epoch 1 is saved; now stop it inside epoch 2
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    last_line = err.strip().splitlines()[-1]
+    assert (
+        last_line.startswith(f"mtkd: error: stopped by {sig.name} at epoch ")
+        and "continue with --resume" in last_line
+    )
+    meta = json.loads((run / "last.json").read_text())
+    stopped = meta["interrupted"]
+    assert 1 <= stopped["step"] and stopped["epoch"] == meta["epoch"] + 1
+    resumed = _start([*RUN, "--out", run, "--resume"], tmp_path / "home")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"after epoch {meta['epoch']}, step {stopped['step']}" in err
+    w, ref = load_file(str(run / "last.safetensors")), load_file(str(reference / "last.safetensors"))
+    assert all(torch.equal(w[k], ref[k]) for k in ref)
+    # The interrupted epoch's metrics are those of the uninterrupted run (time aside).
+    rows = [line.split(",")[:7] for line in (run / "metrics.csv").read_text().splitlines()]
+    assert rows == [line.split(",")[:7] for line in (reference / "metrics.csv").read_text().splitlines()]
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_training_state_is_refused_without_running_it(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.json", "last.safetensors", "config.yaml"):
+        (run / name).write_bytes((reference / name).read_bytes())
+    marker = tmp_path / "code-ran"
+    state = run / "last.state.pt"
+    with open(state, "wb") as fh:
+        pickle.dump({"optimizer": _Payload(marker)}, fh)
+    # The attacker also fixes the recorded hash, so only the loader stands in the way.
+    meta = json.loads((run / "last.json").read_text())
+    meta["files"]["state"] = {
+        **meta["files"]["state"],
+        "sha256": sha256_file(state),
+        "bytes": state.stat().st_size,
+    }
+    (run / "last.json").write_text(json.dumps(meta))
+    code, _, err = run_cli([*RUN, "--out", run, "--resume"], capsys)
+    assert code == 2 and not marker.exists()
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith("mtkd: error: cannot read training state") and "last.state.pt" in line
+    # Loaded directly, the same file does run the code: the test's payload is real.
+    with open(state, "rb") as fh:
+        pickle.load(fh)
+    assert marker.exists()
+
+
+def test_a_run_folder_in_use_is_not_touched(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("mine\n")
+    # Another process holds the folder (here: this one, through a second open file).
+    with file_lock(run / ".lock", "run folder", wait=False):
+        code, _, err = run_cli([*RUN, "--out", run], capsys)
+    assert code == 2
+    assert f"run folder {run} is in use by process {os.getpid()}" in err.strip().splitlines()[-1]
+    assert (run / "config.yaml").read_text() == "mine\n" and not (run / "last.json").exists()
