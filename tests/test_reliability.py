@@ -103,7 +103,11 @@ def test_a_malicious_training_state_is_refused_without_running_it(reference, tmp
     code, _, err = run_cli([*RUN, "--out", run, "--resume"], capsys)
     assert code == 2 and not marker.exists()
     line = err.strip().splitlines()[-1]
-    assert "Traceback" not in err and line.startswith("mtkd: error: cannot read training state") and "last.state.pt" in line
+    assert (
+        "Traceback" not in err
+        and line.startswith("mtkd: error: cannot read training state")
+        and "last.state.pt" in line
+    )
     # Loaded directly, the same file does run the code: the test's payload is real.
     with open(state, "rb") as fh:
         pickle.load(fh)

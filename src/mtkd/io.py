@@ -43,6 +43,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:  # a full disk, a quota, a read-only folder
+        from mtkd.errors import MtkdError
+
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise MtkdError(f"cannot write {path}: {exc.strerror or exc} ({kept})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -44,7 +44,10 @@ def save_checkpoint(
     files = {}
     weights = folder / f"{tag}.safetensors"
     with atomic_path(weights) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        except SafetensorError as exc:  # safetensors reports I/O failures (a full disk) this way
+            raise OSError(str(exc)) from None
     files["weights"] = _entry(weights)
     if train_state is not None:
         state_path = folder / f"{tag}.state.pt"

@@ -17,7 +17,7 @@ from mtkd.dist import Dist, setup
 from mtkd.engine.builders import ImageTransform
 from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
-from mtkd.engine.device import pick_device, pinned, set_threads
+from mtkd.engine.device import pick_device, pinned, resolve_precision, set_threads
 from mtkd.engine.trainer import FitData, Identity, Trainer, Transform, predict
 from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
 from mtkd.errors import MtkdError
@@ -130,6 +130,7 @@ def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, tor
     check_folder(folder, resume)
     set_threads(cfg.train.threads)
     place, device = setup(pick_device(cfg.train.device))
+    resolve_precision(cfg.train.precision, device)  # an impossible precision stops here, before any file
     dataset = open_dataset(cfg.data)
     torch.manual_seed(cfg.train.seed)
     place.barrier()  # every process has checked the folder before rank 0 writes into it

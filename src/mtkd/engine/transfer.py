@@ -45,6 +45,12 @@ def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> l
                 raise MtkdError(f"{name} is a {meta['kind']} checkpoint, not a teacher")
             if meta["data"]["classes"] != dataset.classes:
                 raise MtkdError(f"teacher {name} was adapted to other classes than {dataset.name}'s")
+            if meta["data"]["channels"] != dataset.channels:
+                kinds = {1: "grey", 3: "colour"}
+                raise MtkdError(
+                    f"teacher {name} was adapted to {kinds.get(meta['data']['channels'])} images and "
+                    f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
+                )
             teachers.append(Teacher(name, net, meta["files"]["weights"]["sha256"], True))
         elif "/" in name.removeprefix("timm:").removeprefix("torchvision:") or name.endswith(".json"):
             raise MtkdError(f"teacher checkpoint not found: {name}")
