@@ -124,3 +124,55 @@ def test_a_run_folder_in_use_is_not_touched(tmp_path, capsys):
     assert code == 2
     assert f"run folder {run} is in use by process {os.getpid()}" in err.strip().splitlines()[-1]
     assert (run / "config.yaml").read_text() == "mine\n" and not (run / "last.json").exists()
+
+
+def test_a_study_in_use_is_not_run_twice(tmp_path, capsys):
+    out = tmp_path / "study"
+    with file_lock(out / ".lock", "study", wait=False):
+        code, _, err = run_cli(["study", "configs/demo/study.yaml", "--out", out], capsys)
+    assert code == 2
+    assert f"study {out} is in use by process {os.getpid()}" in err.strip().splitlines()[-1]
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_two_builders_of_one_cache_build_it_once(tmp_path, monkeypatch, capsys):
+    import threading
+
+    import numpy as np
+
+    from mtkd.cache.teacher_cache import build_cache
+    from mtkd.data import load_dataset
+    from mtkd.models.teachers import TeacherNet, TeacherSpec
+
+    monkeypatch.setenv("MTKD_HOME", str(tmp_path / "home"))
+    ds = load_dataset("digits")
+    teacher = TeacherNet(TeacherSpec("mobilenet_v2", input_size=32, head="gap", num_classes=10)).eval()
+    args = (
+        teacher,
+        "t",
+        ds.train.images,
+        ds.train.labels,
+        2,
+        1,
+        False,
+        0,
+        "float16",
+        True,
+        torch.device("cpu"),
+        "t",
+    )
+    results = [None, None]
+
+    def build(k: int) -> None:
+        results[k] = build_cache(*args)
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    err = capsys.readouterr().err
+    assert err.count("caching 2 view(s)") == 1 and err.count("waiting for process") == 1
+    assert results[0].folder == results[1].folder
+    assert np.array_equal(np.asarray(results[0].features), np.asarray(results[1].features))
+    assert len(list((tmp_path / "home" / "teachers").glob("*/meta.json"))) == 1

@@ -216,3 +216,17 @@ def test_plan_lists_every_run_by_stage(tmp_path, capsys):
     cfg = build_config(TrainConfig, spec, {}, [])
     assert cfg.output.dir == Path(spec).parent and cfg.transfer.methods == ["features"]
     assert lines[-1] == f"# then: mtkd study {config} --out {tmp_path / 'out'} --report-only"
+
+
+def test_damaged_study_files_are_rebuilt(study, capsys):
+    config, out = study
+    before = _results(out)
+    (out / "state.json").write_text('{"jobs": {')
+    (out / "latency.json").write_text("")
+    damaged = next(iter(sorted((out / "runs").rglob("summary.json"))))
+    damaged.write_text(damaged.read_text()[:40])
+    code, _, err = run_cli(["study", config], capsys)
+    assert code == 0, err
+    assert f"{out / 'state.json'} is damaged" in err and f"{damaged} is damaged" in err
+    assert "1 to run" in err and "resuming" in err  # only the run whose summary was damaged
+    assert _results(out) == before

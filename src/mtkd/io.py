@@ -63,9 +63,29 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
+_REQUIRED = object()
+
+
+def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
+    """A JSON file's content. A missing or damaged file gives `default` when one is given (for
+    files mtkd can rebuild, with a message when damaged), else a one-line MtkdError naming it."""
+    from mtkd.errors import MtkdError
+
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        if default is not _REQUIRED:
+            return default
+        raise MtkdError(f"file not found: {path}") from None
+    except (ValueError, OSError) as exc:
+        if default is not _REQUIRED:
+            from mtkd.console import say
+
+            say(f"{path} is damaged ({type(exc).__name__}); rebuilding it")
+            return default
+        raise MtkdError(f"{path} is damaged or unreadable ({exc}); delete it or restore it") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -105,7 +105,7 @@ def _load(folder: Path) -> TeacherCache | None:
                 return None
             arrays[name] = np.load(path, mmap_mode="r")
         return TeacherCache(folder, arrays["features"], arrays.get("logits"))
-    except (ValueError, KeyError, OSError):
+    except (ValueError, KeyError, OSError, MtkdError):
         say(f"teacher cache {folder.name}: metadata unreadable; rebuilding")
         return None
 
@@ -175,7 +175,7 @@ def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, pl
             path = folder / f"{name}.partial.npy"
             mode = "r+" if path.is_file() else "w+"
             partial[name] = np.lib.format.open_memmap(path, mode=mode, dtype=np_dtype, shape=(views, n, d))
-        done = read_json(progress_path)["done"] if progress_path.is_file() else 0
+        done = int(read_json(progress_path, default={}).get("done", 0))
     done = int(place.broadcast(done))
     params = view_params(n, views, spec.padding, spec.hflip, spec.seed)
     # Chunk (v, rows) covers rows v*n + rows of the [V*N] table; `done` counts finished rows of it.

@@ -95,7 +95,7 @@ def _saved_animal_split(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
             saved = read_json(path)
             if saved.get("content") == content:
                 return np.asarray(saved["test"], dtype=np.int64)
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, OSError, MtkdError):
             pass  # unreadable: rebuilt below
     _, test = stratified_split(labels, ANIMAL_TEST_FRACTION, ANIMAL_SPLIT_SEED)
     write_json(

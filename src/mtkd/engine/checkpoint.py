@@ -85,10 +85,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_meta(path: str | Path) -> dict:
     json_path = resolve_checkpoint(path)
-    try:
-        meta = read_json(json_path)
-    except (ValueError, OSError) as exc:
-        raise MtkdError(f"checkpoint metadata {json_path} is unreadable: {exc}") from None
+    meta = read_json(json_path)  # a damaged file: one line naming it
     if not isinstance(meta, dict) or "files" not in meta or "kind" not in meta:
         raise MtkdError(f"{json_path} is not an mtkd checkpoint")
     meta["_path"] = str(json_path)

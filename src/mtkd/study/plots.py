@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mtkd.io import atomic_path  # noqa: E402
 from mtkd.study.answers import Group, best_by_val  # noqa: E402
 from mtkd.study.stats import mean_std  # noqa: E402
 
@@ -20,10 +21,9 @@ DPI = 110
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -95,7 +95,7 @@ def measure_latency(folder: Path, cfg: LatencyConfig) -> float:
 def add_latency(rows: list[dict], study: Path, cfg: LatencyConfig) -> None:
     """Fill latency_ms: one measurement per (architecture, input), shared by its seeds and methods."""
     path = study / "latency.json"
-    known = read_json(path) if path.is_file() else {}
+    known = read_json(path, default={})
     settings = f"batch {cfg.batch_size}, threads {cfg.threads}"
     for row in rows:
         folder = run_path(study, row)

@@ -35,7 +35,7 @@ def job_status(job: Job) -> str:
     if job.config is None:
         return "done"
     folder = Path(job.config.output.dir)
-    if (folder / "summary.json").is_file():
+    if read_json(folder / "summary.json", default=None) is not None:
         saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
         diff = config_difference(saved, job.config.model_dump(mode="json"))
         if diff:
@@ -52,7 +52,7 @@ class State:
 
     def __init__(self, path: Path, jobs: list[Job]):
         self.path = path
-        old = read_json(path).get("jobs", {}) if path.is_file() else {}
+        old = read_json(path, default={}).get("jobs", {})
         self.jobs = {j.id: {**old.get(j.id, {}), "kind": j.kind, **j.info} for j in jobs}
 
     def set(self, job: Job, **fields: object) -> None:
