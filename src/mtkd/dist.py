@@ -12,6 +12,7 @@ compute the same steps as one.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -147,8 +148,11 @@ def wrap(module: nn.Module, place: Dist, device: torch.device, sync_bn: bool) ->
     if sync_bn:
         sync_batch_norm(module, device)
     ids = [device] if device.type == "cuda" else None
-    # Synced running statistics are the same everywhere: no need to broadcast them.
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=not sync_bn)
+    options = {}
+    if sync_bn:  # synced running statistics are the same everywhere: no need to broadcast them
+        known = inspect.signature(DistributedDataParallel.__init__).parameters
+        options["forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"] = False
+    return DistributedDataParallel(module, device_ids=ids, **options)
 
 
 def sync_batch_norm(module: nn.Module, device: torch.device) -> None:

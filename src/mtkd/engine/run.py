@@ -123,6 +123,10 @@ def _claim(cfg: TrainConfig | TeacherFitConfig, resume: bool, place: Dist, stack
         atomic_write(folder / "config.yaml", to_yaml(cfg))
 
 
+def _where(device: torch.device, place: Dist) -> str:
+    return f"{device} x {place.world} processes" if place.active else str(device)
+
+
 def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, torch.device, Dataset]:
     """What every run does first: claim the output folder, pick the device (and join the other
     processes under torchrun), load the data, seed."""
@@ -167,9 +171,8 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack) -> dict:
     data = FitData(
         pinned(dataset.train.images, device), dataset.train.labels, dataset.val.images, dataset.val.labels
     )
-    where = f"{device} x {place.world} processes" if place.active else str(device)
     say(
-        f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {where}"
+        f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {_where(device, place)}"
     )
     if teachers:
         extra = sum(p.numel() for p in methods.parameters())
@@ -236,7 +239,7 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
     }
     say(
         f"adapting {t.name} ({teacher.weights_source}, input {teacher.input_size}px, head {t.head}, "
-        f"mode {cfg.adapt.mode}) on {dataset.name} ({escape(dataset.source)}), {device}"
+        f"mode {cfg.adapt.mode}) on {dataset.name} ({escape(dataset.source)}), {_where(device, place)}"
     )
     image_tf = ImageTransform(None, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
     for p in teacher.body.parameters():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mtkd.console import say
 from mtkd.engine.config import TeacherFitConfig, TrainConfig, config_difference, read_yaml, to_yaml
-from mtkd.engine.launch import torchrun_command
+from mtkd.engine.launch import thread_env, torchrun_command
 from mtkd.engine.signals import StopRequests
 from mtkd.errors import Interrupted, MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
@@ -166,7 +166,7 @@ class _Runner:
             # A session of its own: a Ctrl-C reaches the study, which passes it on once.
             proc = subprocess.Popen(
                 _command(job, spec, resume, self.threads, self.nproc), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=thread_env(self.workers * self.nproc),
             )  # fmt: skip
         self.running[job.id] = (proc, job, time.time())
 
