@@ -176,3 +176,28 @@ def test_two_builders_of_one_cache_build_it_once(tmp_path, monkeypatch, capsys):
     assert results[0].folder == results[1].folder
     assert np.array_equal(np.asarray(results[0].features), np.asarray(results[1].features))
     assert len(list((tmp_path / "home" / "teachers").glob("*/meta.json"))) == 1
+
+
+def test_ctrl_c_stops_a_parallel_study_which_then_continues(tmp_path):
+    import yaml
+
+    study = {"data": {"name": "digits"}, "seeds": [0], "methods": ["none"], "output": str(tmp_path / "out"),
+             "student": {"model": {"name": "resnet8"}, "schedule": {"epochs": 6}, "train": {"batch_size": 32}},
+             "teacher_fit": {"schedule": {"epochs": 1}, "teacher": {"input_size": 32}},
+             "teachers": ["mobilenet_v2"], "latency": {"repeats": 3}}  # fmt: skip
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study))
+    proc = _start(["study", config, "--jobs", "2"], tmp_path / "home")
+    run = tmp_path / "out" / "runs" / "resnet8" / "none" / "alone" / "seed0"
+    _wait_for(run / "last.json", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("mtkd: error: study stopped by SIGINT")
+    assert "stopped by SIGINT at epoch" in (run / "log.txt").read_text()  # the run saved its step
+    state = json.loads((tmp_path / "out" / "state.json").read_text())["jobs"]
+    assert state["runs/resnet8/none/alone/seed0"]["status"] == "interrupted"
+    again = _start(["study", config, "--jobs", "2"], tmp_path / "home")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "resuming runs/resnet8/none/alone/seed0" in err and (tmp_path / "out" / "report.html").is_file()
