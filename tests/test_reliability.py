@@ -201,3 +201,17 @@ def test_ctrl_c_stops_a_parallel_study_which_then_continues(tmp_path):
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert "resuming runs/resnet8/none/alone/seed0" in err and (tmp_path / "out" / "report.html").is_file()
+
+
+def test_a_damaged_metrics_file_stops_resume_with_one_line(reference, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "metrics.csv").write_bytes(b"epoch,train_loss\n\xff\xfe,1\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    code, _, err = run_cli([*RUN, "--out", run, "--resume"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == f"mtkd: error: {run / 'metrics.csv'} is damaged: restore it, or " \
+        "delete it to resume without the earlier epochs' rows"  # fmt: skip
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before

@@ -6,14 +6,20 @@ import csv
 import io
 from pathlib import Path
 
+from mtkd.errors import MtkdError
 from mtkd.io import atomic_write
 
 
 def _read_rows(path: Path, resume_epoch: int) -> list[dict]:
     if not (resume_epoch and path.is_file()):
         return []
-    with open(path) as fh:
-        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume_epoch]
+    try:
+        with open(path, newline="") as fh:
+            return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume_epoch]
+    except (ValueError, KeyError, TypeError, csv.Error, UnicodeDecodeError):
+        raise MtkdError(
+            f"{path} is damaged: restore it, or delete it to resume without the earlier epochs' rows"
+        ) from None
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
