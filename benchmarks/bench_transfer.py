@@ -1,116 +1,184 @@
-"""Epoch time of a student learning from 1, 2 and 4 cached teachers, and from online teachers,
-each as a ratio to the same student trained alone, measured side by side in one run.
+"""The cost of teachers: a student trained from K = 1, 2, 4 cached teachers (and one online
+teacher) against the same student alone, building the cache against the bare teacher
+forward pass, and the peak memory of each run, all measured side by side in one run.
 
-    python benchmarks/bench_transfer.py [--images 3000] [--epochs 2] [--views 2]
+    python benchmarks/bench_transfer.py [--dataset animal-mnist] [--images 6000] [--epochs 3]
+        [--views 2] [--rounds 2] [--methods features,avg_kd]
 
 Teachers: the four offline ImageNet networks at 96 px with a GAP head for the dataset's
-classes (weights of the head are random: only the cost matters here). Student: cnn_small on
-Animal-MNIST. The teacher caches are built first (their time is reported, not in the ratios).
+classes (random head weights: only the cost matters). Student: cnn_small, batch 128. The
+caches are built first, then every training run is a fresh child process (so its peak RSS is
+its own, from the end of data loading), in `rounds` interleaved rounds; an epoch's time is the median over the epochs after
+the first of all rounds (training loop only, validation excluded).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from mtkd.data import load_dataset
-from mtkd.data.base import ImageSet
-from mtkd.data.batches import Normalize
-from mtkd.engine.builders import ImageTransform
-from mtkd.engine.config import TrainConfig, build_config
-from mtkd.engine.trainer import FitData, Trainer
-from mtkd.engine.transfer import Teacher, TransferLoss, build_methods
-from mtkd.models.teachers import TeacherNet, TeacherSpec
-from mtkd.models.zoo import create_student
-
 TEACHERS = ["mobilenet_v2", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 
 
-def epoch_seconds(cfg: TrainConfig, dataset, teachers: list[Teacher], folder: Path) -> float:
-    """Median training time of an epoch (validation excluded)."""
+def _dataset(name: str, images: int):  # noqa: ANN202
+    from mtkd.data import load_dataset
+    from mtkd.data.base import ImageSet
+
+    ds = load_dataset(name)
+    ds.train = ImageSet(ds.train.images[:images], ds.train.labels[:images])
+    ds.val = ImageSet(ds.val.images[:500], ds.val.labels[:500])
+    return ds
+
+
+def _teachers(k: int, num_classes: int) -> list:
+    from mtkd.engine.transfer import Teacher
+    from mtkd.models.teachers import TeacherNet, TeacherSpec
+
+    out = []
+    for name in TEACHERS[:k]:
+        torch.manual_seed(0)
+        net = TeacherNet(TeacherSpec(name, input_size=96, head="gap", num_classes=num_classes)).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        out.append(Teacher(name, net, f"bench-{name}", True))
+    return out
+
+
+def _config(args: argparse.Namespace, k: int, method: str, mode: str, epochs: int):  # noqa: ANN202
+    from mtkd.engine.config import TrainConfig, build_config
+
+    return build_config(
+        TrainConfig,
+        overrides={"data.name": args.dataset, "model.name": "cnn_small", "schedule.epochs": epochs,
+                   "transfer.teachers": ["x"] * k, "transfer.methods": [method] if k else ["none"],
+                   "transfer.teacher_mode": mode, "transfer.views": args.views,
+                   "output.tensorboard": False, "output.progress": False},
+    )  # fmt: skip
+
+
+def child(args: argparse.Namespace) -> None:
+    """One training run; prints its epoch times and peak RSS as JSON."""
+    from mtkd.data.batches import Normalize
+    from mtkd.engine.builders import ImageTransform
+    from mtkd.engine.trainer import FitData, Trainer
+    from mtkd.engine.transfer import TransferLoss, build_methods
+    from mtkd.models.zoo import create_student
+
+    k, method, mode = args.child
+    k = int(k)
+    epochs = 1 if mode == "online" else args.epochs
+    cfg = _config(args, k, method, mode, epochs)
+    ds = _dataset(args.dataset, args.images)
+    import gc
+
+    gc.collect()
+    # Peak memory from here on: loading the whole dataset before taking its first N images
+    # would otherwise be the peak of every run.
+    Path("/proc/self/clear_refs").write_text("5")
+    teachers = _teachers(k, ds.num_classes)
     torch.manual_seed(0)
     dev = torch.device("cpu")
-    student = create_student(cfg.model.name, dataset.num_classes, dataset.channels)
-    methods = build_methods(cfg, student.num_features, teachers, dataset.num_classes)
-    normalize = Normalize(dataset.mean, dataset.std)
-    loss_fn = (
-        TransferLoss(student, methods, teachers, dataset, normalize, cfg, True, dev) if teachers else None
-    )
-    data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
+    student = create_student("cnn_small", ds.num_classes, ds.channels)
+    methods = build_methods(cfg, student.num_features, teachers, ds.num_classes)
+    normalize = Normalize(ds.mean, ds.std)
+    loss_fn = TransferLoss(student, methods, teachers, ds, normalize, cfg, ds.hflip, dev) if teachers else None
+    data = FitData(ds.train.images, ds.train.labels, ds.val.images, ds.val.labels)
     params = list(student.parameters()) + list(methods.parameters())
-    out = cfg.output.model_copy(update={"dir": folder, "tensorboard": False, "progress": False})
+    out = cfg.output.model_copy(update={"dir": Path(args.out)})
     trainer = Trainer(
-        student, data, ImageTransform(normalize, cfg.train.crop_padding, True), [{"params": params}],
+        student, data, ImageTransform(normalize, cfg.train.crop_padding, ds.hflip), [{"params": params}],
         cfg.optim, cfg.schedule, cfg.train, out, {"kind": "student", "model": {}, "data": {}, "config": {}}, dev,
         loss_fn=loss_fn, extra=methods if teachers else None, step_module=loss_fn.module if loss_fn else None,
     )  # fmt: skip
     trainer.fit()
     import csv
 
-    with open(folder / "metrics.csv") as fh:
-        times = sorted(float(r["train_seconds"]) for r in csv.DictReader(fh))
-    return times[len(times) // 2]
+    with open(Path(args.out) / "metrics.csv") as fh:
+        seconds = [float(r["train_seconds"]) for r in csv.DictReader(fh)]
+    status = Path("/proc/self/status").read_text().splitlines()
+    rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    print(json.dumps({"seconds": seconds, "rss_mb": rss}))
+
+
+def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """Build the 4 caches; for each: (teacher, cache build img/s, bare forward img/s on the same images)."""
+    from mtkd.cache.teacher_cache import CHUNK, build_cache, view_params
+    from mtkd.data.batches import apply_crop_flip, batch_indices
+
+    ds = _dataset(args.dataset, args.images)
+    images = ds.train.images
+    params = view_params(len(images), args.views, 2, ds.hflip, 0)
+    rows = []
+    for t in _teachers(4, ds.num_classes):
+        with torch.inference_mode():  # the bare forward pass over the same views, chunks and outputs
+            start = time.perf_counter()
+            for v in range(args.views):
+                for index in batch_indices(len(images), CHUNK, False):
+                    batch = images[index] if params[v] is None else apply_crop_flip(images[index], params[v][index])
+                    fmap = t.net.forward_features(batch.float() / 255.0)
+                    t.net.forward_head(fmap, pre_logits=True), t.net.forward_head(fmap)
+            bare = args.views * len(images) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        build_cache(t.net, t.sha, images, ds.train.labels, args.views, 2, ds.hflip, 0, "float16", True,
+                    torch.device("cpu"), t.name)  # fmt: skip
+        built = args.views * len(images) / (time.perf_counter() - start)
+        rows.append((t.name, built, bare))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=3000, help="training images used (from Animal-MNIST train)")
+    ap.add_argument("--dataset", default="animal-mnist")
+    ap.add_argument("--images", type=int, default=6000, help="training images used (the first N of train)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--methods", default="features,avg_kd")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    ds = load_dataset("animal-mnist")
-    ds.train = ImageSet(ds.train.images[: args.images], ds.train.labels[: args.images])
-    ds.val = ImageSet(ds.val.images[:500], ds.val.labels[:500])
+    if args.child:
+        child(args)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="mtkd-bench-"))
-    import os
-
     os.environ["MTKD_HOME"] = str(tmp / "home")
-    nets = []
-    for name in TEACHERS:
-        net = TeacherNet(TeacherSpec(name, input_size=96, head="gap", num_classes=ds.num_classes)).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        nets.append(Teacher(name, net, f"bench-{name}", True))
-
-    def cfg(k: int, mode: str = "cached") -> TrainConfig:
-        return build_config(
-            TrainConfig,
-            overrides={"data.name": "animal-mnist", "model.name": "cnn_small", "schedule.epochs": args.epochs,
-                       "transfer.teachers": ["x"] * k, "transfer.methods": ["features"] if k else ["none"],
-                       "transfer.teacher_mode": mode, "transfer.views": args.views},
-        )  # fmt: skip
-
-    print(
-        f"threads {torch.get_num_threads()}, {args.images} images, {args.epochs} epochs, {args.views} views"
-    )
     start = time.perf_counter()
-    base = epoch_seconds(cfg(0), ds, [], tmp / "alone")
-    rows = [("student alone", base)]
-    for k in (1, 2, 4):
-        t0 = time.perf_counter()
-        teachers = [Teacher(t.name, t.net, t.sha, True) for t in nets[:k]]
-        secs = epoch_seconds(cfg(k), ds, teachers, tmp / f"cached{k}")
-        rows.append((f"{k} cached teacher(s)", secs))
-        print(f"  (K={k}: cache build + training took {time.perf_counter() - t0:.0f} s)")
-    online = cfg(1, "online").model_copy(
-        update={"schedule": cfg(1).schedule.model_copy(update={"epochs": 1})}
-    )
-    rows.append(
-        (
-            "1 online teacher",
-            epoch_seconds(online, ds, [Teacher(nets[0].name, nets[0].net, "x", True)], tmp / "online"),
-        )
-    )
-    print(f"{'run':<24}{'epoch s':>10}{'ratio to alone':>16}")
-    for name, secs in rows:
-        print(f"{name:<24}{secs:>10.2f}{secs / base:>16.2f}")
-    print(
-        f"online / 1 cached: {rows[-1][1] / rows[1][1]:.1f}x slower; total {time.perf_counter() - start:.0f} s"
-    )
+    print(f"{args.dataset}: {args.images} images, {args.epochs} epochs, {args.views} views, "
+          f"{args.rounds} rounds, threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{'cache build':<24}{'build img/s':>12}{'bare img/s':>12}{'ratio':>7}")
+    for name, built, bare in build_caches(args):
+        print(f"{name:<24}{built:>12.0f}{bare:>12.0f}{built / bare:>7.2f}")
+    runs = [("0", "none", "cached")] + [(str(k), m, "cached") for m in args.methods.split(",") for k in (1, 2, 4)]
+    runs.append(("1", args.methods.split(",")[0], "online"))
+    seconds: dict[tuple, list[float]] = {r: [] for r in runs}
+    rss: dict[tuple, float] = {}
+    for r in range(args.rounds):
+        for run in runs:
+            if run[2] == "online" and r:
+                continue  # one online epoch is enough to see its cost
+            cmd = [sys.executable, __file__, "--child", *run, "--out", str(tmp / f"{'-'.join(run)}-{r}"),
+                   "--dataset", args.dataset, "--images", str(args.images), "--epochs", str(args.epochs),
+                   "--views", str(args.views)]  # fmt: skip
+            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            seconds[run] += res["seconds"] if run[2] == "online" else res["seconds"][1:]
+            rss[run] = max(rss.get(run, 0.0), res["rss_mb"])
+    base, base_rss = statistics.median(seconds[runs[0]]), rss[runs[0]]
+    print(f"{'run':<32}{'epoch s':>9}{'ratio':>7}{'peak RSS MB':>13}{'ratio':>7}")
+    for run in runs:
+        k, method, mode = run
+        label = "student alone" if k == "0" else f"{method}, {k} {mode} teacher(s)"
+        secs = statistics.median(seconds[run])
+        print(f"{label:<32}{secs:>9.3f}{secs / base:>7.2f}{rss[run]:>13.0f}{rss[run] / base_rss:>7.2f}")
+    print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
