@@ -225,3 +225,10 @@ def test_more_bad_arguments(args, expected, tmp_path, capsys):
     code, _, err = run_cli([*args, "--out", tmp_path / "run"] if args[0] == "train" else args, capsys)
     assert expected in _one_line_error(code, err)
     assert not (tmp_path / "run").exists()
+
+
+def test_on_off_words_are_not_booleans():
+    from mtkd.engine.config import TrainConfig, build_config
+
+    cfg = build_config(TrainConfig, None, {}, ["train.hflip=off", "train.channels_last=on"])
+    assert (cfg.train.hflip, cfg.train.channels_last) == ("off", "on")

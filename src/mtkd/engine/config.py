@@ -63,6 +63,12 @@ class LoopConfig(Section):
         description="under torchrun: batch norm over the global batch (the steps of one process; slower)",
     )
 
+    @field_validator("hflip", "channels_last", mode="before")
+    @classmethod
+    def _on_off(cls, v: object) -> object:
+        """YAML reads on/off as booleans: take them back as the words."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class OutputConfig(Section):
     dir: Path = Path("runs/train")
