@@ -53,7 +53,9 @@ def hand_dataloader(model, ds, epochs: int, bs: int) -> list[float]:  # noqa: AN
     """The usual loop: TensorDataset and DataLoader."""
     mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
     std = torch.tensor(ds.std).view(1, -1, 1, 1)
-    loader = DataLoader(TensorDataset(ds.train.images, ds.train.labels), batch_size=bs, shuffle=True, drop_last=True)
+    loader = DataLoader(
+        TensorDataset(ds.train.images, ds.train.labels), batch_size=bs, shuffle=True, drop_last=True
+    )
     opt, times = _optimizer(model), []
     model.train()
     for _ in range(epochs):

@@ -41,7 +41,11 @@ def mtkd_run(args: argparse.Namespace, teacher: Path, out: Path) -> dict:
     with open(out / "metrics.csv") as fh:
         seconds = [float(r["train_seconds"]) for r in csv.DictReader(fh)]
     summary = json.loads((out / "summary.json").read_text())
-    return {"epoch_s": statistics.median(seconds[1:] or seconds), "test_acc": summary["test_acc_last"], "wall": wall}
+    return {
+        "epoch_s": statistics.median(seconds[1:] or seconds),
+        "test_acc": summary["test_acc_last"],
+        "wall": wall,
+    }
 
 
 class _Normalised(torch.utils.data.Dataset):
@@ -88,10 +92,11 @@ def torchdistill_run(args: argparse.Namespace, teacher_path: Path) -> dict:
           "teacher_module_path": ".", "teacher_module_io": "output", "temperature": 4.0, "alpha": 1.0,
           "beta": 1.0, "reduction": "batchmean"}}  # fmt: skip
     config = {
+        "num_epochs": args.epochs,
         "train_data_loader": {"dataset_id": "train", "sampler": {"class_or_func": RandomSampler, "kwargs": {}},
                               "kwargs": {"batch_size": 128, "num_workers": 0, "drop_last": True}},
-        "teacher": {"sequential": [], "requires_grad": False},
-        "student": {"sequential": [], "requires_grad": True},
+        "teacher": {"forward_proc": "forward_batch_only", "sequential": [], "requires_grad": False},
+        "student": {"forward_proc": "forward_batch_only", "sequential": [], "requires_grad": True},
         "optimizer": {"key": "SGD", "kwargs": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}},
         "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": kd, "weight": 1.0}}}},
     }  # fmt: skip
@@ -116,7 +121,10 @@ def torchdistill_run(args: argparse.Namespace, teacher_path: Path) -> dict:
     student.eval()
     with torch.inference_mode():
         pred = torch.cat([student(test.x[i : i + 512]).argmax(1) for i in range(0, len(test), 512)])
-    return {"epoch_s": statistics.median(seconds[1:] or seconds), "test_acc": (pred == test.y).float().mean().item()}
+    return {
+        "epoch_s": statistics.median(seconds[1:] or seconds),
+        "test_acc": (pred == test.y).float().mean().item(),
+    }
 
 
 def main() -> None:
@@ -138,7 +146,9 @@ def main() -> None:
     os.environ["MTKD_HOME"] = str(env_home)  # a cold cache: its build is part of mtkd's wall time
     ours = mtkd_run(args, teacher, tmp / "mtkd")
     peer = torchdistill_run(args, teacher)
-    print(f"{args.dataset}, cnn_small, KD from {teacher}, {args.epochs} epochs, threads {torch.get_num_threads()}")
+    print(
+        f"{args.dataset}, cnn_small, KD from {teacher}, {args.epochs} epochs, threads {torch.get_num_threads()}"
+    )
     print(f"{'':<14}{'epoch s':>9}{'test acc':>10}")
     print(f"{'torchdistill':<14}{peer['epoch_s']:>9.2f}{peer['test_acc']:>10.4f}")
     print(f"{'mtkd':<14}{ours['epoch_s']:>9.2f}{ours['test_acc']:>10.4f}")

@@ -90,7 +90,9 @@ def child(args: argparse.Namespace) -> None:
     student = create_student("cnn_small", ds.num_classes, ds.channels)
     methods = build_methods(cfg, student.num_features, teachers, ds.num_classes)
     normalize = Normalize(ds.mean, ds.std)
-    loss_fn = TransferLoss(student, methods, teachers, ds, normalize, cfg, ds.hflip, dev) if teachers else None
+    loss_fn = (
+        TransferLoss(student, methods, teachers, ds, normalize, cfg, ds.hflip, dev) if teachers else None
+    )
     data = FitData(ds.train.images, ds.train.labels, ds.val.images, ds.val.labels)
     params = list(student.parameters()) + list(methods.parameters())
     out = cfg.output.model_copy(update={"dir": Path(args.out)})
@@ -123,7 +125,11 @@ def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
             start = time.perf_counter()
             for v in range(args.views):
                 for index in batch_indices(len(images), CHUNK, False):
-                    batch = images[index] if params[v] is None else apply_crop_flip(images[index], params[v][index])
+                    batch = (
+                        images[index]
+                        if params[v] is None
+                        else apply_crop_flip(images[index], params[v][index])
+                    )
                     fmap = t.net.forward_features(batch.float() / 255.0)
                     t.net.forward_head(fmap, pre_logits=True), t.net.forward_head(fmap)
             bare = args.views * len(images) / (time.perf_counter() - start)
@@ -157,7 +163,9 @@ def main() -> None:
     print(f"{'cache build':<24}{'build img/s':>12}{'bare img/s':>12}{'ratio':>7}")
     for name, built, bare in build_caches(args):
         print(f"{name:<24}{built:>12.0f}{bare:>12.0f}{built / bare:>7.2f}")
-    runs = [("0", "none", "cached")] + [(str(k), m, "cached") for m in args.methods.split(",") for k in (1, 2, 4)]
+    runs = [("0", "none", "cached")] + [
+        (str(k), m, "cached") for m in args.methods.split(",") for k in (1, 2, 4)
+    ]
     runs.append(("1", args.methods.split(",")[0], "online"))
     seconds: dict[tuple, list[float]] = {r: [] for r in runs}
     rss: dict[tuple, float] = {}
@@ -168,7 +176,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", *run, "--out", str(tmp / f"{'-'.join(run)}-{r}"),
                    "--dataset", args.dataset, "--images", str(args.images), "--epochs", str(args.epochs),
                    "--views", str(args.views)]  # fmt: skip
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            res = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+            )
             seconds[run] += res["seconds"] if run[2] == "online" else res["seconds"][1:]
             rss[run] = max(rss.get(run, 0.0), res["rss_mb"])
     base, base_rss = statistics.median(seconds[runs[0]]), rss[runs[0]]
