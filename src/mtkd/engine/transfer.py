@@ -65,12 +65,17 @@ def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> l
 
 class StudentStep(nn.Module):
     """The student and the methods' trainable parts as one module (what DDP wraps under torchrun):
-    normalised images and the teachers' outputs in, the student's logits and the method terms out."""
+    normalised images and the teachers' outputs in, the student's logits and the loss terms
+    (cross-entropy, then each method's) out."""
 
-    def __init__(self, student: nn.Module, methods: nn.ModuleList, hooks: FeatureHooks | None):
+    def __init__(
+        self, student: nn.Module, methods: nn.ModuleList, hooks: FeatureHooks | None, ce_weight: float,
+        label_smoothing: float,
+    ):  # fmt: skip
         super().__init__()
         self.student, self.methods = student, methods
         self.hooks = hooks
+        self.ce_weight, self.label_smoothing = ce_weight, label_smoothing
 
     def forward(
         self, images: torch.Tensor, teachers: list[TeacherOutputs], target: torch.Tensor
@@ -78,7 +83,10 @@ class StudentStep(nn.Module):
         pooled, logits = pooled_features(self.student, images)
         maps = self.hooks.outputs if self.hooks else {}
         student = StudentOutputs(logits=logits, features=pooled, maps=maps)
-        terms: dict[str, torch.Tensor] = {}
+        # The cross-entropy first: the order in which terms enter the graph decides the order in
+        # which their gradients are summed, and so the last bits of every result.
+        ce = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        terms: dict[str, torch.Tensor] = {"ce": self.ce_weight * ce}
         for method in self.methods:
             terms.update(method(student, teachers, target))
         return logits, terms
@@ -103,9 +111,8 @@ class TransferLoss:
             raise MtkdError(
                 "methods that read teachers' intermediate maps (hint) need transfer.teacher_mode: online"
             )
-        self.module = StudentStep(
-            student, methods, FeatureHooks(student, student_paths) if student_paths else None
-        )
+        hooks = FeatureHooks(student, student_paths) if student_paths else None
+        self.module = StudentStep(student, methods, hooks, t.ce_weight, cfg.train.label_smoothing)
         self.teacher_hooks = (
             [FeatureHooks(x.net, self.teacher_paths) for x in teachers] if self.teacher_paths else []
         )
@@ -150,9 +157,7 @@ class TransferLoss:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = images_for(batch, index, views.to(batch.device), self.params)
         teachers = self.teacher_outputs(views, index, images)
-        logits, method_terms = net(self.normalize(images), teachers, target)
-        ce = F.cross_entropy(logits, target, label_smoothing=self.cfg.train.label_smoothing)
-        return logits, {"ce": self.cfg.transfer.ce_weight * ce, **method_terms}
+        return net(self.normalize(images), teachers, target)
 
 
 def build_methods(
