@@ -176,9 +176,10 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", *run, "--out", str(tmp / f"{'-'.join(run)}-{r}"),
                    "--dataset", args.dataset, "--images", str(args.images), "--epochs", str(args.epochs),
                    "--views", str(args.views)]  # fmt: skip
-            res = json.loads(
-                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"run {' '.join(run)} failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(proc.stdout.splitlines()[-1])
             seconds[run] += res["seconds"] if run[2] == "online" else res["seconds"][1:]
             rss[run] = max(rss.get(run, 0.0), res["rss_mb"])
     base, base_rss = statistics.median(seconds[runs[0]]), rss[runs[0]]

@@ -7,7 +7,7 @@ import torch
 
 from mtkd.errors import MtkdError
 from mtkd.methods import StudentOutputs, TeacherOutputs, build_method
-from mtkd.methods.base import feature_distance, kl_per_sample
+from mtkd.methods.base import feature_distance, kl_per_sample, projected_distances, projector
 from mtkd.methods.camkd import confidence_weights
 from mtkd.methods.ebkd import entropy_weights
 
@@ -101,6 +101,62 @@ def test_feature_distances_by_hand():
     assert feature_distance(pred, target, "mse").item() == pytest.approx(2.0)
     assert feature_distance(pred, target, "cosine").item() == pytest.approx(1.0)
     assert feature_distance(pred, target, "smooth_l1").item() == pytest.approx((0.5 + 1.5) / 2)
+
+
+def _projectors_and_targets(dims, kinds, rows=6, dim_in=5, dtype=torch.float64):
+    torch.manual_seed(0)
+    projs = [projector(kind, dim_in, d, 4).to(dtype).eval() for kind, d in zip(kinds, dims, strict=True)]
+    targets = [torch.randn(rows, d, dtype=dtype) for d in dims]
+    targets[0][1] = 0.0  # an all-zero teacher vector
+    return projs, targets
+
+
+@pytest.mark.parametrize("distance", ["mse", "cosine", "smooth_l1"])
+@pytest.mark.parametrize(
+    ("dims", "kinds"), [([7, 7, 7], ["linear"] * 3), ([7, 3, 9], ["linear", "mlp", "linear"])]
+)
+def test_projected_distances_match_autograd_of_the_plain_formula(distance, dims, kinds):
+    """The closed-form gradient against autograd through the projection and feature_distance."""
+    projs, targets = _projectors_and_targets(dims, kinds)
+    params = [p for m in projs for p in m.parameters()]
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    fast = projected_distances(x, projs, targets, distance)
+    ref = torch.stack([feature_distance(p(x), t, distance) for p, t in zip(projs, targets, strict=True)])
+    if distance == "mse":  # against an all-zero target the plain formula gives 1 and this 2
+        assert fast[0, 1].item() == pytest.approx(2.0) and ref[0, 1].item() == pytest.approx(1.0)
+        ref = ref.clone()
+        ref[0, 1] = 2.0
+    torch.testing.assert_close(fast, ref)
+    weights = torch.randn_like(ref)
+    got = torch.autograd.grad((weights * fast).sum(), [x, *params])
+    want = torch.autograd.grad((weights * ref).sum(), [x, *params])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    assert torch.autograd.gradcheck(
+        lambda x, *p: projected_distances(x, projs, targets, distance), (x, *params)
+    )
+
+
+def test_projected_distances_in_float32_and_from_inference_tensors():
+    projs, targets = _projectors_and_targets(
+        [1280] * 4, ["linear"] * 4, rows=128, dim_in=64, dtype=torch.float32
+    )
+    with torch.inference_mode():  # an online teacher's outputs
+        targets = [t.clone() for t in targets]
+    x = torch.randn(128, 64, requires_grad=True)
+    fast = projected_distances(x, projs, targets, "cosine")
+    ref = torch.stack([feature_distance(p(x), t, "cosine") for p, t in zip(projs, targets, strict=True)])
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-5)
+    fast.sum().backward()
+    got = [x.grad, *(p.grad for m in projs for p in m.parameters())]
+    x.grad = None
+    for m in projs:
+        m.zero_grad()
+    ref.sum().backward()
+    want = [x.grad, *(p.grad for m in projs for p in m.parameters())]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
+        assert g.is_contiguous()
 
 
 def _identity_projectors(method):

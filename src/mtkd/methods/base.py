@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from mtkd.errors import MtkdError
+from mtkd.methods.projected import projected_cosines
 
 
 @dataclass
@@ -142,6 +143,25 @@ def feature_distance(pred: torch.Tensor, target: torch.Tensor, distance: str) ->
     if distance == "smooth_l1":
         return F.smooth_l1_loss(pred, target, reduction="none").mean(1)
     raise ValueError(distance)
+
+
+def projected_distances(
+    features: torch.Tensor, projectors: list[nn.Module], targets: list[torch.Tensor], distance: str
+) -> torch.Tensor:
+    """feature_distance(P_k(features), targets[k]) for every projector, as [K, B].
+
+    mse and cosine go through `projected_cosines` (mse = 2 - 2 cos), which never forms the
+    [B, D] projections; the values and gradients are those of feature_distance up to float
+    rounding (one exception: against an all-zero target the mse is 2, not 1; the gradient is
+    the same, zero).
+    """
+    if distance == "mse":
+        return 2 - 2 * projected_cosines(features, projectors, targets, eps=1e-12)
+    if distance == "cosine":
+        return 1 - projected_cosines(features, projectors, targets, eps=1e-8)
+    return torch.stack(
+        [feature_distance(p(features), t, distance) for p, t in zip(projectors, targets, strict=True)]
+    )
 
 
 def projector(kind: str, dim_in: int, dim_out: int, hidden: int) -> nn.Module:

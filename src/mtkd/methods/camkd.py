@@ -18,8 +18,8 @@ from mtkd.methods.base import (
     MethodOptions,
     StudentOutputs,
     TeacherOutputs,
-    feature_distance,
     kl_per_sample,
+    projected_distances,
     register,
     softened,
     teacher_logits,
@@ -62,11 +62,7 @@ class ConfidenceAwareKD(Method):
         )
         terms = {"camkd": o.weight * (w * kl).sum(0).mean()}
         if o.feature_weight > 0:
-            dist = torch.stack(
-                [
-                    feature_distance(p(student.features), t.features, o.distance)
-                    for p, t in zip(self.projectors, teachers, strict=True)
-                ]
-            )
+            targets = [t.features for t in teachers]
+            dist = projected_distances(student.features, self.projectors, targets, o.distance)
             terms["camkd_features"] = o.feature_weight * (w * dist).sum(0).mean()
         return terms

@@ -24,7 +24,7 @@ from mtkd.methods.base import (
     MethodOptions,
     StudentOutputs,
     TeacherOutputs,
-    feature_distance,
+    projected_distances,
     projector,
     register,
 )  # fmt: skip
@@ -72,14 +72,10 @@ class FeatureTransfer(Method):
         if o.combine == "concat":
             k = len(teachers)
             target = torch.cat([F.normalize(t.features, dim=1) for t in teachers], dim=1) / math.sqrt(k)
-            loss = feature_distance(self.projectors[0](student.features), target, o.distance).mean()
+            loss = projected_distances(student.features, self.projectors, [target], o.distance).mean()
         else:
             w = self.teacher_weights().to(student.features.device)
-            dist = torch.stack(
-                [
-                    feature_distance(p(student.features), t.features, o.distance).mean()
-                    for p, t in zip(self.projectors, teachers, strict=True)
-                ]
-            )
+            targets = [t.features for t in teachers]
+            dist = projected_distances(student.features, self.projectors, targets, o.distance).mean(1)
             loss = (w * dist).sum()
         return {"features": o.weight * o.lam * loss}
