@@ -156,7 +156,6 @@ def test_projected_distances_in_float32_and_from_inference_tensors():
     want = [x.grad, *(p.grad for m in projs for p in m.parameters())]
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
-        assert g.is_contiguous()
 
 
 def _identity_projectors(method):

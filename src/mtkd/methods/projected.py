@@ -62,14 +62,13 @@ class _ProjectedCosine(torch.autograd.Function):
         g = grad.to(a.dtype)
         alpha = (g / scale).unsqueeze(2)
         gamma = torch.where(moving, -g * c / (2 * q_clamped.square()), 0).unsqueeze(2)
-        t_t, quad = t.transpose(1, 2), torch.bmm(a.transpose(1, 2), 2 * gamma * a)
-        # dL/dV split into its weight and bias columns, so each weight's gradient is contiguous
-        grad_w = torch.baddbmm(torch.bmm(t_t, alpha * a[:, :, :-1]), v, quad[:, :, :-1])
-        grad_b = torch.baddbmm(torch.bmm(t_t, alpha), v, quad[:, :, -1:])
+        grad_v = torch.baddbmm(
+            torch.bmm(t.transpose(1, 2), alpha * a), v, torch.bmm(a.transpose(1, 2), 2 * gamma * a)
+        )
         grad_a = alpha * tv + 2 * gamma * av
         gx = [grad_a[i, :, :d].to(dtypes[i]) for i, (_, d) in enumerate(dims)]
-        gw = [grad_w[i, :o, :d].to(dtypes[k + i]) for i, (o, d) in enumerate(dims)]
-        gb = [grad_b[i, :o, 0].to(dtypes[2 * k + i]) for i, (o, _) in enumerate(dims)]
+        gw = [grad_v[i, :o, :d].to(dtypes[k + i]) for i, (o, d) in enumerate(dims)]
+        gb = [grad_v[i, :o, -1].to(dtypes[2 * k + i]) for i, (o, _) in enumerate(dims)]
         return (None, None, *gx, *gw, *gb, *([None] * k))
 
 
