@@ -99,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     trainer = Trainer(
         student, data, ImageTransform(normalize, cfg.train.crop_padding, ds.hflip), [{"params": params}],
         cfg.optim, cfg.schedule, cfg.train, out, {"kind": "student", "model": {}, "data": {}, "config": {}}, dev,
-        loss_fn=loss_fn, extra=methods if teachers else None, step_module=loss_fn.module if loss_fn else None,
+        loss_fn=loss_fn, extra=methods if teachers else None,
     )  # fmt: skip
     trainer.fit()
     import csv

@@ -181,8 +181,7 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack) -> dict:
     trainable = [p for p in student.parameters() if p.requires_grad] + list(methods.parameters())
     trainer = Trainer(
         student, data, transform, [{"params": trainable}], cfg.optim, cfg.schedule, cfg.train, cfg.output, meta,
-        device, loss_fn=loss_fn, extra=methods if teachers else None,
-        step_module=loss_fn.module if loss_fn is not None else None, place=place,
+        device, loss_fn=loss_fn, extra=methods if teachers else None, place=place,
     )  # fmt: skip
     if resume:
         trainer.resume()

@@ -51,7 +51,8 @@ class Identity:
 
 class StepLoss(Protocol):
     """The loss of one training step. `draw` makes the step's random choices for the global batch;
-    the call gets this process's rows of it and the trained module (wrapped by DDP under torchrun)."""
+    the call gets this process's rows of it and the trained module (wrapped by DDP under torchrun):
+    the loss's own `module` attribute when it has one, else the model."""
 
     def draw(self, n: int, gen: torch.Generator) -> Any: ...
 
@@ -128,8 +129,9 @@ class Trainer:
     model: what the optimizer trains and validation runs (student, a teacher's head, or a teacher);
     saved: the module whose weights are checkpointed (defaults to model);
     meta: what every checkpoint JSON records besides metrics (kind, model spec, data, config);
-    loss_fn, step_module: the step's loss and the module it calls (default: cross-entropy on model);
-    under torchrun step_module is what DistributedDataParallel wraps (student and projectors).
+    loss_fn: the step's loss (default: cross-entropy on model); the module it calls is its
+    `module` if it has one (student and projectors), else model: that is what
+    DistributedDataParallel wraps under torchrun.
     """
 
     def __init__(
@@ -147,7 +149,6 @@ class Trainer:
         saved: nn.Module | None = None,
         loss_fn: StepLoss | None = None,
         extra: nn.Module | None = None,
-        step_module: nn.Module | None = None,
         place: Dist = SINGLE,
     ):
         self.model, self.saved = model, saved if saved is not None else model
@@ -158,7 +159,8 @@ class Trainer:
         self.place = place
         self.precision = resolve_precision(loop.precision, device)
         self.channels_last = use_channels_last(loop.channels_last, device)
-        net = step_module if step_module is not None else model
+        net = getattr(self.loss_fn, "module", None)
+        net = model if net is None else net
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
         self.net = wrap(net, place, device, loop.sync_bn)

@@ -100,8 +100,8 @@ class TransferLoss:
         normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
     ):  # fmt: skip
         t = cfg.transfer
-        self.methods, self.teachers = methods, teachers
-        self.normalize, self.device, self.cfg = normalize, device, cfg
+        self.teachers = teachers
+        self.normalize, self.device = normalize, device
         images = dataset.train.images
         self.views = t.views
         self.params = view_params(len(images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
