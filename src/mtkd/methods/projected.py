@@ -15,8 +15,9 @@ need [B, d+1] and [d+1, d+1] products, and so does the gradient:
 The K teachers go through batched matmuls (zero-padded when their sizes differ). The
 autograd version builds q and several [B, D] temporaries per teacher, forward and backward;
 with D = 1280 and d = 64 these cost more than the matmuls themselves: 4 teachers, B = 128,
-5.4 ms a step against 2.5 ms here (benchmarks/bench_feature_term.py). Computed in float32 at least, whatever
-the autocast; the values and gradients equal the autograd version's up to float rounding.
+5.4 ms a step against 2.5 ms here (benchmarks/bench_feature_term.py). Computed in float32
+at least, whatever the autocast; values and gradients equal the autograd version's up to
+float rounding.
 """
 
 from __future__ import annotations
