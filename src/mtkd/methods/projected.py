@@ -33,8 +33,8 @@ class _ProjectedCosine(torch.autograd.Function):
         dtype = torch.promote_types(xs[0].dtype, torch.float32)
         dims = [tuple(w.shape) for w in ws]  # (out, in) of each last linear layer
         n, m, rows = max(o for o, _ in dims), max(i for _, i in dims), xs[0].shape[0]
-        # One buffer each for the K teachers; sizes that differ are zero-padded (zero rows and
-        # columns add nothing to any product below). The last column of a and v is [1, b].
+        # a, v and t each hold all K teachers; sizes that differ are zero-padded (zero rows and
+        # columns add nothing to any product below). The last column of a is 1, of v the bias.
         new = xs[0].new_empty if len(set(dims)) == 1 else xs[0].new_zeros
         a, v, t = (
             new(k, rows, m + 1, dtype=dtype),
@@ -52,7 +52,7 @@ class _ProjectedCosine(torch.autograd.Function):
             scale = q_clamped * torch.linalg.vector_norm(t, dim=2).clamp_min(eps)
             c = (tv * a).sum(2) / scale
         ctx.save_for_backward(a, v, t, tv, av, c, scale, q_clamped, q_norm > eps)
-        ctx.meta = (dims, [v.dtype for v in tensors[: 3 * k]])
+        ctx.meta = (dims, [x.dtype for x in tensors[: 3 * k]])
         return c
 
     @staticmethod
