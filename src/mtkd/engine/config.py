@@ -52,7 +52,10 @@ class LoopConfig(Section):
     hflip: Literal["auto", "on", "off"] = Field("auto", description="auto: where the dataset allows it")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU compute threads, part of the run's results (default: all cores; recorded, kept on resume)",
+    )  # fmt: skip
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (or fp16 with loss scaling) on CUDA, fp32 on the CPU"
     )
@@ -278,8 +281,9 @@ def to_yaml(config: BaseModel) -> str:
 def config_difference(old: dict | None, new: dict | None) -> str:
     """The first difference between two run configs in what changes the result ('' when none).
 
-    Where the output goes and which device or how many threads run it do not count; neither do
-    options the old config does not have (added by a later mtkd version, at their defaults then).
+    Where the output goes and which device runs it do not count; neither do options the old
+    config does not have (added by a later mtkd version, at their defaults then) or left unset
+    (runs of mtkd versions that did not record their thread count).
     """
     return _first_difference(_run_defining(old), _run_defining(new))
 
@@ -287,8 +291,10 @@ def config_difference(old: dict | None, new: dict | None) -> str:
 def _run_defining(config: dict | None) -> dict:
     config = {k: v for k, v in (config or {}).items() if k != "output"}
     if isinstance(config.get("train"), dict):
-        ignored = ("device", "threads", "channels_last", "compile")
-        config["train"] = {k: v for k, v in config["train"].items() if k not in ignored}
+        ignored = ("device", "channels_last", "compile")
+        config["train"] = {
+            k: v for k, v in config["train"].items() if k not in ignored and not (k == "threads" and v is None)
+        }
     return config
 
 

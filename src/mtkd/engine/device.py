@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +23,29 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+def default_threads() -> int:
+    """The compute threads of a run that does not choose: OMP_NUM_THREADS where set (torchrun and
+    `--nproc` set it for each process), else every core this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def compute_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` intra-op threads, and give back the previous count after.
+
+    The thread count is part of a run: CPU kernels split their reductions by thread, so the last
+    bits of every result depend on it. A run sets it whatever ran before in the process, and
+    leaves the process as it found it.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass

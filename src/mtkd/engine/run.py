@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from rich.markup import escape
@@ -17,7 +18,7 @@ from mtkd.dist import Dist, setup
 from mtkd.engine.builders import ImageTransform
 from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
-from mtkd.engine.device import pick_device, pinned, resolve_precision, set_threads
+from mtkd.engine.device import compute_threads, default_threads, pick_device, pinned, resolve_precision
 from mtkd.engine.trainer import FitData, Identity, Trainer, Transform, predict
 from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
 from mtkd.errors import MtkdError
@@ -25,6 +26,8 @@ from mtkd.io import atomic_write, file_lock, write_json
 from mtkd.models.cost import count_macs, count_params
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student
+
+C = TypeVar("C", TrainConfig, TeacherFitConfig)
 
 
 def open_dataset(cfg: DataConfig) -> Dataset:
@@ -123,6 +126,23 @@ def _claim(cfg: TrainConfig | TeacherFitConfig, resume: bool, place: Dist, stack
         atomic_write(folder / "config.yaml", to_yaml(cfg))
 
 
+def settle_threads(cfg: C, resume: bool) -> C:
+    """The config with the run's compute-thread count settled: as asked, else (on resume) the count
+    the run was started with, else `default_threads()`. It is recorded with the run and restored on
+    resume, since it decides the last bits of the results."""
+    asked, saved = cfg.train.threads, None
+    last = Path(cfg.output.dir) / "last.json"
+    if resume and last.is_file():
+        saved = ((read_meta(last).get("config") or {}).get("train") or {}).get("threads")
+    if asked and saved and asked != saved:
+        raise MtkdError(
+            f"cannot resume {cfg.output.dir}: it was trained with train.threads={saved} (the thread count "
+            f"is part of a run's results); leave train.threads out, or set it to {saved}"
+        )
+    threads = asked or saved or default_threads()
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+
+
 def _where(device: torch.device, place: Dist) -> str:
     return f"{device} x {place.world} processes" if place.active else str(device)
 
@@ -132,7 +152,6 @@ def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, tor
     processes under torchrun), load the data, seed."""
     folder = Path(cfg.output.dir)
     check_folder(folder, resume)
-    set_threads(cfg.train.threads)
     place, device = setup(pick_device(cfg.train.device))
     resolve_precision(cfg.train.precision, device)  # an impossible precision stops here, before any file
     dataset = open_dataset(cfg.data)
@@ -144,6 +163,8 @@ def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, tor
 def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train a student, alone or from teachers through transfer methods, and report its accuracies."""
     with ExitStack() as stack:
+        cfg = settle_threads(cfg, resume)
+        stack.enter_context(compute_threads(cfg.train.threads))
         return _train(cfg, resume, stack)
 
 
@@ -217,6 +238,8 @@ def _extract(
 def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
     with ExitStack() as stack:
+        cfg = settle_threads(cfg, resume)
+        stack.enter_context(compute_threads(cfg.train.threads))
         return _teacher_fit(cfg, resume, stack)
 
 

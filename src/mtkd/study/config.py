@@ -61,6 +61,11 @@ class StudyConfig(Section):
         default_factory=list,
         description="the pool: model names, partial teacher-fit configs, or {checkpoint: adapted run folder}",
     )
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU compute threads of every run, part of its results; the same whatever --jobs is "
+        "(default: all cores of the machine that starts the study, then kept)",
+    )  # fmt: skip
     alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the answers")
     latency: LatencyConfig = LatencyConfig()
 
@@ -168,6 +173,18 @@ def teacher_entries(cfg: StudyConfig) -> dict[str, dict]:
             raise MtkdError(f"study teachers: '{label}' appears twice (give one a label)")
         out[label] = tree
     return out
+
+
+def settle_threads(cfg: StudyConfig) -> StudyConfig:
+    """The study with its runs' thread count settled: as given, else the count the study started
+    with (recorded in its study.yaml), else every core of this machine."""
+    if cfg.threads:
+        return cfg
+    from mtkd.engine.device import default_threads
+
+    written = Path(cfg.output) / "study.yaml"
+    saved = read_yaml(written).get("threads") if written.is_file() else None
+    return cfg.model_copy(update={"threads": saved if isinstance(saved, int) and saved > 0 else default_threads()})
 
 
 def load_study_config(

@@ -34,7 +34,17 @@ def _max_teachers(spec: str | dict) -> int | None:
     return method_class(spec if isinstance(spec, str) else spec["name"]).max_teachers
 
 
+def _fixed_threads(tree: dict, threads: int) -> dict:
+    """A run's tree with its compute threads: its own `train.threads`, else the study's."""
+    if not (tree.get("train") or {}).get("threads"):
+        tree.setdefault("train", {})["threads"] = threads
+    return tree
+
+
 def plan(cfg: StudyConfig) -> list[Job]:
+    """Every run of the study, each config complete and validated; the study's `threads` must be
+    settled (`run_study` does it), so a run's results do not depend on how many run at once."""
+    assert cfg.threads is not None, "settle the study's threads first"
     folder = Path(cfg.output)
     data = cfg.data.model_dump(mode="json")
     jobs: list[Job] = []
@@ -53,6 +63,7 @@ def plan(cfg: StudyConfig) -> list[Job]:
             continue
         job_id = f"teachers/{label}"
         full = _merge(tree, {"data": data, "output": {"dir": str(folder / job_id)}})
+        full = _fixed_threads(full, cfg.threads)
         full.setdefault("train", {})["seed"] = cfg.teacher_seed
         config = _validated(TeacherFitConfig, full, f"study teacher {label}")
         teacher_dirs[label] = str(folder / job_id)
@@ -81,7 +92,7 @@ def plan(cfg: StudyConfig) -> list[Job]:
                         "train": {"seed": seed},
                         "transfer": {"teachers": [teacher_dirs[t] for t in subset], "methods": [spec]},
                     })  # fmt: skip
-                    config = _validated(TrainConfig, full, f"study student {student}")
+                    config = _validated(TrainConfig, _fixed_threads(full, cfg.threads), f"study student {student}")
                     info = {"student": student, "method": label, "teachers": list(subset), "seed": seed}
                     jobs.append(Job(job_id, "student", config, [f"teachers/{t}" for t in subset], info))
     return jobs
