@@ -215,3 +215,50 @@ def test_a_damaged_metrics_file_stops_resume_with_one_line(reference, tmp_path, 
     assert err.strip().splitlines()[-1] == f"mtkd: error: {run / 'metrics.csv'} is damaged: restore it, or " \
         "delete it to resume without the earlier epochs' rows"  # fmt: skip
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+@pytest.mark.parametrize("renamed", [0, 1, 2])
+def test_a_checkpoint_cut_off_while_renaming_its_files_is_whole(renamed, tmp_path, monkeypatch):
+    """A kill between the renames of a save: the next reader finishes them; before the save's
+    record was written, the previous checkpoint stays as it was."""
+    from torch import nn
+
+    from mtkd.engine import checkpoint
+    from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
+
+    net, folder = nn.Linear(3, 2), tmp_path / "run"
+    save_checkpoint(folder, "last", net, {"kind": "student", "epoch": 1}, {"epoch": 1})
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    real, calls = os.replace, []
+
+    def dying(src, dst):  # the renames of whole files onto the checkpoint's names
+        if str(src).endswith(".new"):
+            if len(calls) == renamed:
+                raise KeyboardInterrupt  # the process ends here
+            calls.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", dying)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(folder, "last", net, {"kind": "student", "epoch": 2}, {"epoch": 2})
+    monkeypatch.setattr(checkpoint.os, "replace", real)
+    meta = read_meta(folder)
+    assert meta["epoch"] == 2 and load_train_state(meta)["epoch"] == 2
+    assert torch.equal(load_weights(meta)["weight"], net.weight)
+    assert not list(folder.glob("*.new"))
+    # Cut off before its record: the .new files are ignored and the old checkpoint is read.
+    (folder / "last.safetensors.new").write_bytes(b"partial")
+    assert read_meta(folder)["epoch"] == 2 and load_weights(read_meta(folder))
+
+
+def test_written_files_get_the_mode_of_the_umask(tmp_path, capsys):
+    old = os.umask(0o027)
+    try:
+        code, _, err = run_cli([*RUN[:6], "1", *RUN[7:], "--out", tmp_path / "run"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    files = [p for p in (tmp_path / "run").iterdir() if p.is_file() and p.name != ".lock"]
+    assert {"best.safetensors", "last.state.pt", "config.yaml", "summary.json"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o640" for p in files}

@@ -24,6 +24,12 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is fsynced and renamed onto `path`."""
@@ -34,22 +40,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a file gets the user's usual mode
         with open(tmp_path, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except OSError as exc:  # a full disk, a quota, a read-only folder
         from mtkd.errors import MtkdError
 
-        kept = "the previous version is kept" if path.exists() else "nothing was written"
-        raise MtkdError(f"cannot write {path}: {exc.strerror or exc} ({kept})") from None
+        target = path.with_name(path.name.removesuffix(".new"))  # a checkpoint file's next version
+        kept = "the previous version is kept" if target.exists() else "nothing was written"
+        raise MtkdError(f"cannot write {target}: {exc.strerror or exc} ({kept})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:

@@ -2,14 +2,21 @@
 
 `<tag>.safetensors` holds the model's tensors; `<tag>.json` records the model spec, the
 data it was trained on, the config, versions, git commit, metrics and the SHA-256 of every
-file of the checkpoint. The JSON is written last, so a checkpoint is complete exactly when
-its JSON exists and the hashes match. `<tag>.state.pt` (optimizer, scheduler, RNG) is read
-with `weights_only=True`: loading never runs code from a file.
+file of the checkpoint. `<tag>.state.pt` (optimizer, scheduler, RNG) is read with
+`weights_only=True`: loading never runs code from a file.
+
+A checkpoint of several files is replaced as one, wherever a kill lands: each new file is
+written complete as `<name>.new`, then `<tag>.json.new` records them, then they are renamed
+over the old ones, the JSON last. A `<tag>.json.new` found later (the process died while
+renaming) means every new file is complete, so the renaming is finished before the
+checkpoint is read; `.new` files without it are an unfinished save and are never read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,7 @@ from torch import nn
 
 import mtkd
 from mtkd.errors import MtkdError
-from mtkd.io import atomic_path, git_commit, read_json, sha256_file, write_json
+from mtkd.io import atomic_path, fsync_dir, git_commit, read_json, sha256_file, write_json
 
 
 def versions() -> dict[str, str]:
@@ -42,7 +49,7 @@ def save_checkpoint(
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    weights = folder / f"{tag}.safetensors"
+    weights = _pending(folder / f"{tag}.safetensors")
     with atomic_path(weights) as tmp:
         try:
             save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
@@ -50,7 +57,7 @@ def save_checkpoint(
             raise OSError(str(exc)) from None
     files["weights"] = _entry(weights)
     if train_state is not None:
-        state_path = folder / f"{tag}.state.pt"
+        state_path = _pending(folder / f"{tag}.state.pt")
         with atomic_path(state_path) as tmp:
             torch.save(train_state, tmp)
         files["state"] = _entry(state_path)
@@ -61,16 +68,42 @@ def save_checkpoint(
         "git_commit": git_commit(),
         "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    write_json(folder / f"{tag}.json", record)
+    write_json(_pending(folder / f"{tag}.json"), record)
+    _commit(folder, tag)
 
 
-def _entry(path: Path) -> dict:
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+def _pending(path: Path) -> Path:
+    return path.with_name(path.name + ".new")
+
+
+def _entry(pending: Path) -> dict:
+    return {"name": pending.name.removesuffix(".new"), "bytes": pending.stat().st_size, "sha256": sha256_file(pending)}
+
+
+def _commit(folder: Path, tag: str) -> None:
+    """Rename a recorded save's `.new` files over the checkpoint, its JSON last (idempotent: a
+    reader may finish the renaming of a process that died, even while that process is alive)."""
+    record = _pending(folder / f"{tag}.json")
+    try:
+        names = [entry["name"] for entry in read_json(record)["files"].values()]
+    except (FileNotFoundError, MtkdError, KeyError, TypeError, AttributeError):
+        return
+    for name in [*names, f"{tag}.json"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(_pending(folder / name), folder / name)
+    fsync_dir(folder)
+
+
+def finish_saves(folder: Path) -> None:
+    """Complete the checkpoints whose saving was cut off while their files were being renamed."""
+    for record in folder.glob("*.json.new"):
+        _commit(folder, record.name.removesuffix(".json.new"))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The JSON of a checkpoint given a run folder (its best), a .json or a .safetensors path."""
     path = Path(path)
+    finish_saves(path if path.is_dir() else path.parent)
     if path.is_dir():
         for tag in ("best", "last"):
             if (path / f"{tag}.json").is_file():

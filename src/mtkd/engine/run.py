@@ -16,7 +16,7 @@ from mtkd.data import Dataset, load_dataset
 from mtkd.data.batches import Normalize, batch_indices
 from mtkd.dist import Dist, setup
 from mtkd.engine.builders import ImageTransform
-from mtkd.engine.checkpoint import load_weights, read_meta, save_checkpoint
+from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
 from mtkd.engine.device import compute_threads, default_threads, pick_device, pinned, resolve_precision
 from mtkd.engine.trainer import FitData, Identity, Trainer, Transform, predict
@@ -38,6 +38,8 @@ def open_dataset(cfg: DataConfig) -> Dataset:
 
 def check_folder(folder: Path, resume: bool) -> None:
     """Refuse to overwrite a run; with resume, require one."""
+    if folder.is_dir():
+        finish_saves(folder)
     has_run = (folder / "last.json").is_file()
     if resume and not has_run:
         raise MtkdError(f"nothing to resume in {folder} (no last.json)")
