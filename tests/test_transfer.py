@@ -173,3 +173,37 @@ def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, mo
     fresh = build_cache(*args)
     assert np.array_equal(np.array(resumed.features), np.array(fresh.features))
     assert np.array_equal(np.array(resumed.logits), np.array(fresh.logits))
+
+
+def test_a_teacher_is_cached_under_its_content_never_its_name(digits_teacher, tmp_path):
+    """Same architecture and weights: one key, however loaded; one changed weight, another input
+    size or another thread count: another cache."""
+    from mtkd.cache.teacher_cache import cache_key, computed_by, teacher_identity
+    from mtkd.models.teachers import TeacherNet, TeacherSpec
+
+    ds = load_dataset("digits")
+    (t,) = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))
+    (again,) = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))
+    assert t.sha == again.sha == teacher_identity(t.net)
+    copy = tmp_path / "renamed-teacher"
+    shutil.copytree(digits_teacher, copy)
+    assert load_teachers([str(copy)], ds, torch.device("cpu"))[0].sha == t.sha
+    with torch.no_grad():
+        again.net.head[1].bias[0] += 1e-6
+    assert teacher_identity(again.net) != t.sha
+    plain = TeacherNet(TeacherSpec("mobilenet_v2", head="imagenet"))
+    assert teacher_identity(plain) != teacher_identity(
+        TeacherNet(TeacherSpec("mobilenet_v2", head="imagenet", input_size=96))
+    )
+    assert teacher_identity(plain) == teacher_identity(
+        TeacherNet(TeacherSpec("mobilenet_v2", head="imagenet"))
+    )
+    before = torch.get_num_threads()
+    try:
+        keys = set()
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            keys.add(cache_key(t.sha, "d", 2, 2, False, 0, "float16", computed_by(torch.device("cpu"))))
+    finally:
+        torch.set_num_threads(before)
+    assert len(keys) == 2

@@ -1,7 +1,9 @@
 """The teacher cache: pooled features and logits of a frozen teacher for V views of every image.
 
-A cache is identified by a key made of the teacher's weights hash, the images' content hash,
-the view parameters and the storage dtype, and lives in `$MTKD_HOME/cache/<key>/` as .npy
+A cache is identified by a key made of the teacher's content (architecture, preprocessing and
+weights), the images' content hash, the view parameters, the storage dtype and what computes
+it (the device kind, and on the CPU the thread count; chunks of CHUNK rows whatever the number
+of processes), so a cache holds the bits the run that reads it would compute itself, and lives in `$MTKD_HOME/cache/<key>/` as .npy
 files read through memory maps. View 0 is the clean image; view v > 0 is a random crop/flip
 whose parameters are drawn from a generator seeded with (seed, v), so the student can be given
 exactly the image each cached output came from.
@@ -80,6 +82,23 @@ class TeacherCache:
         return feats, logits
 
 
+def teacher_identity(net: TeacherNet) -> str:
+    """SHA-256 of what decides a frozen teacher's outputs: its module tree (layers and their
+    settings), its input size and normalisation, and every parameter and buffer. Never a name."""
+    digest = hashlib.sha256(repr(net).encode())
+    digest.update(f"{net.input_size}|{net.mean.tolist()}|{net.std.tolist()}".encode())
+    for name, tensor in net.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def computed_by(device: torch.device) -> str:
+    """What, besides its inputs, decides the bits of a teacher's outputs here."""
+    return f"cpu/{torch.get_num_threads()} threads" if device.type == "cpu" else device.type
+
+
 def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(images.numpy().tobytes())
@@ -88,10 +107,11 @@ def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def cache_key(
-    teacher_sha: str, data_hash: str, views: int, padding: int, hflip: bool, seed: int, dtype: str
-) -> str:
+    teacher_sha: str, data_hash: str, views: int, padding: int, hflip: bool, seed: int, dtype: str,
+    computed: str,
+) -> str:  # fmt: skip
     spec = {"teacher": teacher_sha, "data": data_hash, "views": views, "padding": padding, "hflip": hflip,
-            "seed": seed, "dtype": dtype, "format": 1}  # fmt: skip
+            "seed": seed, "dtype": dtype, "computed": computed, "format": 2}  # fmt: skip
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -130,7 +150,8 @@ def build_cache(
     Under torchrun the processes share the work: each computes its chunks of every round and
     rank 0 writes them, so the cache is the one a single process builds.
     """
-    key = cache_key(teacher_sha, content_hash(images, labels), views, padding, hflip, seed, dtype)
+    data = content_hash(images, labels)
+    key = cache_key(teacher_sha, data, views, padding, hflip, seed, dtype, computed_by(device))
     folder = cache_dir() / "teachers" / key
     # Two runs needing the same cache (a study's parallel jobs): one builds, the other waits, then loads.
     # Within one torchrun job, rank 0 holds the lock and decides for all.

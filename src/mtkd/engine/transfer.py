@@ -7,7 +7,6 @@ from the cache (`cached`) or from the teachers run on the spot (`online`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtkd.cache.teacher_cache import TeacherCache, build_cache, images_for, view_params
+from mtkd.cache.teacher_cache import TeacherCache, build_cache, images_for, teacher_identity, view_params
 from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
 from mtkd.engine.builders import load_model
@@ -31,7 +30,7 @@ from mtkd.models.teachers import TeacherNet, TeacherSpec
 class Teacher:
     name: str
     net: TeacherNet
-    sha: str  # identifies its weights (for the cache key)
+    sha: str  # identifies its content: architecture, preprocessing, weights (for the cache key)
     has_logits: bool  # adapted to the dataset's classes
     cache: TeacherCache | None = None
 
@@ -51,13 +50,12 @@ def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> l
                     f"teacher {name} was adapted to {kinds.get(meta['data']['channels'])} images and "
                     f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
                 )
-            teachers.append(Teacher(name, net, meta["files"]["weights"]["sha256"], True))
+            teachers.append(Teacher(name, net, teacher_identity(net), True))
         elif "/" in name.removeprefix("timm:").removeprefix("torchvision:") or name.endswith(".json"):
             raise MtkdError(f"teacher checkpoint not found: {name}")
         else:
             net = TeacherNet(TeacherSpec(name, head="imagenet")).to(device).eval()
-            sha = hashlib.sha256(f"{name}|{net.weights_source}|{net.input_size}".encode()).hexdigest()
-            teachers.append(Teacher(name, net, sha, False))
+            teachers.append(Teacher(name, net, teacher_identity(net), False))
         for p in teachers[-1].net.parameters():
             p.requires_grad_(False)
     return teachers
