@@ -67,6 +67,15 @@ def test_broken_files(tmp_path, capsys):
     assert "unreadable" in _one_line_error(code, err)
 
 
+def test_a_config_file_that_is_not_text(tmp_path, capsys):
+    config = tmp_path / "student.yaml"
+    config.write_bytes(b"data:\n  name: digits\n\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    for args in (["train", "--config", config, "--out", tmp_path / "run"], ["study", config]):
+        code, _, err = run_cli(args, capsys)
+        assert f"config file {config} is not UTF-8 text (byte 21" in _one_line_error(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.yaml"]
+
+
 # ---- data, checkpoints and files --------------------------------------------------------------
 
 

@@ -177,7 +177,11 @@ def test_killed_study_finishes_with_the_same_results(study, tmp_path):
     assert not (tmp_path / "out" / "results.csv").exists()
     # Finished by two parallel runs at a time: a run's results do not depend on --jobs.
     subprocess.run(
-        [*cmd, "--jobs", "2"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+        [*cmd, "--jobs", "2"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
     )
     assert _results(tmp_path / "out") == _results(reference)
 
@@ -194,6 +198,18 @@ def test_bad_study_config_is_one_line_and_runs_nothing(tmp_path, capsys):
                                       "student": {"optim": {"lr": -1}}}))  # fmt: skip
     code, _, err = run_cli(["study", config], capsys)
     assert code == 2 and "optim.lr" in err and not (tmp_path / "out").exists()
+    # What the runs will build is checked before any of them starts.
+    for change, expected in [
+        ({"teachers": ["mobilenet_v2", "resnet_nonexistent"]}, "study teacher resnet_nonexistent: unknown model"),
+        ({"teachers": [{"name": "mobilenet_v2", "pretrained": str(tmp_path / "w.pth")}]}, "weights file not found"),
+        ({"students": ["cnn_small", "cnn_tiny"]}, "study student cnn_tiny/none/alone/seed0: unknown model 'cnn_tiny'"),
+        ({"methods": [{"name": "features", "combine": "mean"}]}, "method 'features': bad value for 'combine'"),
+        ({"data": {"name": f"folder:{tmp_path / 'photos'}"}}, "image folder not found"),
+    ]:  # fmt: skip
+        config.write_text(yaml.safe_dump({**STUDY, "output": str(tmp_path / "out"), **change}))
+        code, _, err = run_cli(["study", config], capsys)
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+        assert not (tmp_path / "out").exists()
 
 
 def test_plan_lists_every_run_by_stage(tmp_path, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mtkd.data import sources
 from mtkd.data.base import Dataset, carve_validation
-from mtkd.data.folder import load_image_folder
+from mtkd.data.folder import find_splits, load_image_folder
 from mtkd.errors import MtkdError
 
 
@@ -98,6 +98,24 @@ def load_dataset(
     if "val" not in splits:
         splits["train"], splits["val"] = carve_validation(splits["train"], val_fraction, split_seed)
     return Dataset(name, classes, splits["train"], splits["val"], splits["test"], hflip, source)
+
+
+def check_dataset(
+    name: str, data_dir: Path | str | None = None, download: bool = True
+) -> None:  # fmt: skip
+    """Raise the one-line error `load_dataset` would, without reading the images: for checking
+    every run of a study before any of them starts."""
+    data_dir = Path(data_dir) if data_dir else None
+    if data_dir is not None and not data_dir.is_dir():
+        raise MtkdError(f"data directory not found: {data_dir}")
+    if name.startswith("folder:"):
+        find_splits(Path(name.removeprefix("folder:")).expanduser())
+        return
+    if name not in DATASETS:
+        raise MtkdError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or folder:PATH)")
+    downloads = download and (name in sources.TORCHVISION_SETS or name == "fashion-mnist")
+    if DATASETS[name].locate(data_dir) is None and not downloads:
+        raise MtkdError(f"dataset '{name}' is not available here (see `mtkd datasets`)")
 
 
 def describe_datasets(data_dir: Path | None = None) -> list[dict]:

@@ -24,7 +24,15 @@ def open_image(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    # PIL reports a broken file as any of these (a damaged PNG chunk is a SyntaxError).
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise MtkdError(f"cannot read image {path}: {exc}") from None
 
 

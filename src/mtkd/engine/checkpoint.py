@@ -77,7 +77,11 @@ def _pending(path: Path) -> Path:
 
 
 def _entry(pending: Path) -> dict:
-    return {"name": pending.name.removesuffix(".new"), "bytes": pending.stat().st_size, "sha256": sha256_file(pending)}
+    return {
+        "name": pending.name.removesuffix(".new"),
+        "bytes": pending.stat().st_size,
+        "sha256": sha256_file(pending),
+    }
 
 
 def _commit(folder: Path, tag: str) -> None:

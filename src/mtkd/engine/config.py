@@ -236,7 +236,15 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise MtkdError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MtkdError(
+            f"config file {path} is not UTF-8 text (byte {exc.start} cannot be decoded): is it a YAML file?"
+        ) from None
+    except OSError as exc:
+        raise MtkdError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -293,7 +301,9 @@ def _run_defining(config: dict | None) -> dict:
     if isinstance(config.get("train"), dict):
         ignored = ("device", "channels_last", "compile")
         config["train"] = {
-            k: v for k, v in config["train"].items() if k not in ignored and not (k == "threads" and v is None)
+            k: v
+            for k, v in config["train"].items()
+            if k not in ignored and not (k == "threads" and v is None)
         }
     return config
 

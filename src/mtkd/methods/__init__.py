@@ -4,6 +4,22 @@ Importing this package registers every method; `METHODS` maps names to classes.
 """
 
 from mtkd.methods import avg_kd, camkd, ebkd, features, hint, kd, none  # noqa: F401 - registration
-from mtkd.methods.base import METHODS, Method, StudentOutputs, TeacherOutputs, build_method, method_class
+from mtkd.methods.base import (
+    METHODS,
+    Method,
+    StudentOutputs,
+    TeacherOutputs,
+    build_method,
+    method_class,
+    method_options,
+)
 
-__all__ = ["METHODS", "Method", "method_class", "StudentOutputs", "TeacherOutputs", "build_method"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "method_class",
+    "method_options",
+    "StudentOutputs",
+    "TeacherOutputs",
+    "build_method",
+]

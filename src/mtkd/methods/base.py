@@ -79,13 +79,11 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def build_method(
-    name: str, options: dict[str, Any], student_dim: int, teacher_dims: list[int], num_classes: int,
-    teachers_have_logits: bool = True,
-) -> Method:  # fmt: skip
+def method_options(name: str, options: dict[str, Any]) -> MethodOptions:
+    """A method's options, validated (one-line errors naming the option)."""
     cls = method_class(name)
     try:
-        opts = cls.Options.model_validate(options)
+        return cls.Options.model_validate(options)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
@@ -96,6 +94,14 @@ def build_method(
         raise MtkdError(
             f"method '{name}': bad value for '{key}': {msg} (got {first.get('input')!r})"
         ) from None
+
+
+def build_method(
+    name: str, options: dict[str, Any], student_dim: int, teacher_dims: list[int], num_classes: int,
+    teachers_have_logits: bool = True,
+) -> Method:  # fmt: skip
+    cls = method_class(name)
+    opts = method_options(name, options)
     if cls.needs_logits and not teachers_have_logits:
         raise MtkdError(
             f"method '{name}' needs teachers adapted to the dataset's classes (mtkd teacher fit); "

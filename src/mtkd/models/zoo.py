@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from functools import cache
+from pathlib import Path
 
 import timm
 import torchvision
@@ -44,16 +45,36 @@ def resolve(name: str) -> tuple[str, str]:
     raise MtkdError(f"unknown model '{name}'{hint}")
 
 
+def check_student(name: str) -> tuple[str, str]:
+    """(library, architecture) of a student name, or the one-line error creating it would give."""
+    library, arch = resolve(name)
+    if library == "torchvision":
+        raise MtkdError(
+            f"student '{name}': use an mtkd student or a timm model (torchvision students are not supported)"
+        )
+    return library, arch
+
+
 def create_student(name: str, num_classes: int, in_chans: int) -> nn.Module:
     """A student with random weights: mtkd's own or any timm model."""
-    library, arch = resolve(name)
+    library, arch = check_student(name)
     if library == "mtkd":
         return STUDENTS[arch][0](num_classes, in_chans)
-    if library == "timm":
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    raise MtkdError(
-        f"student '{name}': use an mtkd student or a timm model (torchvision students are not supported)"
-    )
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+
+def check_pretrained(name: str, pretrained: str) -> None:
+    """The one-line error `create_pretrained` would give for a name and weight source, without
+    building the network (the hub's answer is only known when asked)."""
+    library, arch = resolve(name)
+    if library == "mtkd":
+        raise MtkdError(
+            f"'{name}' is a student architecture with no pretrained weights; pick a timm or torchvision model"
+        )
+    if pretrained == "offline" and arch not in OFFLINE_WEIGHTS:
+        raise MtkdError(f"no offline weights are known for '{arch}' (known: {', '.join(OFFLINE_WEIGHTS)})")
+    if pretrained not in ("auto", "offline", "hub", "none") and not Path(pretrained).is_file():
+        raise MtkdError(f"weights file not found: {pretrained}")
 
 
 def create_pretrained(name: str, pretrained: str) -> tuple[nn.Module, str, str, str]:
@@ -61,16 +82,11 @@ def create_pretrained(name: str, pretrained: str) -> tuple[nn.Module, str, str, 
 
     pretrained: 'auto' (offline package if installed, else hub), 'offline', 'hub', 'none', or a file path.
     """
+    check_pretrained(name, pretrained)
     library, arch = resolve(name)
-    if library == "mtkd":
-        raise MtkdError(
-            f"'{name}' is a student architecture with no pretrained weights; pick a timm or torchvision model"
-        )
     offline = OFFLINE_WEIGHTS.get(arch)
     if pretrained == "auto":
         pretrained = "offline" if offline is not None and offline.path() is not None else "hub"
-    if pretrained == "offline" and offline is None:
-        raise MtkdError(f"no offline weights are known for '{arch}' (known: {', '.join(OFFLINE_WEIGHTS)})")
     if pretrained == "hub":
         return _from_hub(library, arch), library, arch, f"{library} hub"
     model = _bare(library, arch)

@@ -184,7 +184,9 @@ def settle_threads(cfg: StudyConfig) -> StudyConfig:
 
     written = Path(cfg.output) / "study.yaml"
     saved = read_yaml(written).get("threads") if written.is_file() else None
-    return cfg.model_copy(update={"threads": saved if isinstance(saved, int) and saved > 0 else default_threads()})
+    return cfg.model_copy(
+        update={"threads": saved if isinstance(saved, int) and saved > 0 else default_threads()}
+    )
 
 
 def load_study_config(

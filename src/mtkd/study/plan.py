@@ -11,9 +11,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from mtkd.data.catalog import check_dataset
 from mtkd.engine.config import Section, TeacherFitConfig, TrainConfig, _merge
 from mtkd.errors import MtkdError
-from mtkd.methods import method_class
+from mtkd.methods import method_class, method_options
+from mtkd.models.zoo import check_pretrained, check_student
 from mtkd.study.config import StudyConfig, _validated, method_label, student_configs, teacher_entries
 
 
@@ -92,7 +94,27 @@ def plan(cfg: StudyConfig) -> list[Job]:
                         "train": {"seed": seed},
                         "transfer": {"teachers": [teacher_dirs[t] for t in subset], "methods": [spec]},
                     })  # fmt: skip
-                    config = _validated(TrainConfig, _fixed_threads(full, cfg.threads), f"study student {student}")
+                    config = _validated(
+                        TrainConfig, _fixed_threads(full, cfg.threads), f"study student {student}"
+                    )
                     info = {"student": student, "method": label, "teachers": list(subset), "seed": seed}
                     jobs.append(Job(job_id, "student", config, [f"teachers/{t}" for t in subset], info))
+    _check_names(cfg, jobs)
     return jobs
+
+
+def _check_names(cfg: StudyConfig, jobs: list[Job]) -> None:
+    """What the runs will build, checked now: the dataset, every student and teacher model and
+    weight source, every method's options. A study that would fail an hour in fails here."""
+    check_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    for job in jobs:
+        where = f"study {job.kind} {job.id.split('/', 1)[1]}"
+        try:
+            if isinstance(job.config, TeacherFitConfig):
+                check_pretrained(job.config.teacher.name, job.config.teacher.pretrained)
+            elif isinstance(job.config, TrainConfig):
+                check_student(job.config.model.name)
+                for name, options in job.config.transfer.method_specs():
+                    method_options(name, options)
+        except MtkdError as exc:
+            raise MtkdError(f"{where}: {exc}") from None

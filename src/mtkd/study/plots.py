@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mtkd.console import say  # noqa: E402
 from mtkd.io import atomic_path  # noqa: E402
 from mtkd.study.answers import Group, best_by_val  # noqa: E402
 from mtkd.study.stats import mean_std  # noqa: E402
@@ -61,8 +62,13 @@ def accuracy_vs_teachers(groups: list[Group], path: Path) -> Path:
 
 
 def _curve(folder: Path) -> list[float]:
-    with open(folder / "metrics.csv") as fh:
-        return [float(r["val_acc"]) for r in csv.DictReader(fh)]
+    """A run's validation accuracy per epoch; none, with a word, when its metrics.csv is damaged."""
+    try:
+        with open(folder / "metrics.csv", newline="") as fh:
+            return [float(r["val_acc"]) for r in csv.DictReader(fh)]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+        say(f"{folder / 'metrics.csv'} is damaged ({type(exc).__name__}): its learning curve is left out")
+        return []
 
 
 def learning_curves(groups: list[Group], study: Path, path: Path) -> Path:
@@ -73,7 +79,9 @@ def learning_curves(groups: list[Group], study: Path, path: Path) -> Path:
         if pick is not None:
             shown.append(pick)
     for i, g in enumerate(shown):
-        curves = [_curve(study / row["run"]) for row in g.rows.values()]
+        curves = [c for c in (_curve(study / row["run"]) for row in g.rows.values()) if c]
+        if not curves:
+            continue
         length = min(len(c) for c in curves)
         stats = [mean_std([c[e] for c in curves]) for e in range(length)]
         epochs = list(range(1, length + 1))

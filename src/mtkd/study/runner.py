@@ -202,7 +202,9 @@ class _Runner:
                 continue
             error = None
             if proc.returncode != 0:
-                lines = (Path(job.config.output.dir) / "log.txt").read_text().strip().splitlines()
+                lines = (
+                    (Path(job.config.output.dir) / "log.txt").read_text(errors="replace").strip().splitlines()
+                )
                 error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix(
                     "mtkd: error: "
                 )
