@@ -3,7 +3,10 @@ teacher) against the same student alone, building the cache against the bare tea
 forward pass, and the peak memory of each run, all measured side by side in one run.
 
     python benchmarks/bench_transfer.py [--dataset animal-mnist] [--images 6000] [--epochs 3]
-        [--views 2] [--rounds 2] [--methods features,avg_kd]
+        [--views 2] [--rounds 2] [--methods features,avg_kd]     # also: camkd, hint, dkd, ebkd
+
+camkd (its published feature term on the teachers' last 1280x3x3 maps) and hint (cnn_small's
+last 64x7x7 map regressed onto the teachers' last maps) read intermediate maps from the cache.
 
 Teachers: the four offline ImageNet networks at 96 px with a GAP head for the dataset's
 classes (random head weights: only the cost matters). Student: cnn_small, batch 128. The
@@ -53,13 +56,21 @@ def _teachers(k: int, num_classes: int) -> list:
     return out
 
 
+def _method(name: str, k: int) -> str | dict:
+    """A method by name; hint with cnn_small's last map onto the teachers' last maps (at 96 px)."""
+    if name != "hint":
+        return name
+    return {"name": "hint", "student_layer": "features", "teacher_layer": "body", "student_channels": 64,
+            "teacher_channels": [1280] * k, "student_size": 7, "teacher_size": 3}  # fmt: skip
+
+
 def _config(args: argparse.Namespace, k: int, method: str, mode: str, epochs: int):  # noqa: ANN202
     from mtkd.engine.config import TrainConfig, build_config
 
     return build_config(
         TrainConfig,
         overrides={"data.name": args.dataset, "model.name": "cnn_small", "schedule.epochs": epochs,
-                   "transfer.teachers": ["x"] * k, "transfer.methods": [method] if k else ["none"],
+                   "transfer.teachers": ["x"] * k, "transfer.methods": [_method(method, k)] if k else ["none"],
                    "transfer.teacher_mode": mode, "transfer.views": args.views,
                    "output.tensorboard": False, "output.progress": False},
     )  # fmt: skip
@@ -113,7 +124,7 @@ def child(args: argparse.Namespace) -> None:
 
 def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Build the 4 caches; for each: (teacher, cache build img/s, bare forward img/s on the same images)."""
-    from mtkd.cache.teacher_cache import CHUNK, build_cache, view_params
+    from mtkd.cache.teacher_cache import CHUNK, CacheSpec, build_cache, view_params
     from mtkd.data.batches import apply_crop_flip, batch_indices
 
     ds = _dataset(args.dataset, args.images)
@@ -134,8 +145,8 @@ def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
                     t.net.forward_head(fmap, pre_logits=True), t.net.forward_head(fmap)
             bare = args.views * len(images) / (time.perf_counter() - start)
         start = time.perf_counter()
-        build_cache(t.net, t.sha, images, ds.train.labels, args.views, 2, ds.hflip, 0, "float16", True,
-                    torch.device("cpu"), t.name)  # fmt: skip
+        spec = CacheSpec(args.views, 2, ds.hflip, 0, "float16", with_logits=True)
+        build_cache(t.net, t.sha, images, ds.train.labels, spec, torch.device("cpu"), t.name)
         built = args.views * len(images) / (time.perf_counter() - start)
         rows.append((t.name, built, bare))
     return rows

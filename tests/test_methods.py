@@ -7,11 +7,12 @@ import torch
 
 from mtkd.errors import MtkdError
 from mtkd.methods import StudentOutputs, TeacherOutputs, build_method
-from mtkd.methods.base import feature_distance, kl_per_sample, projected_distances, projector
+from mtkd.methods.base import Step, feature_distance, kl_per_sample, projected_distances, projector
 from mtkd.methods.camkd import confidence_weights
 from mtkd.methods.ebkd import entropy_weights
 
 LN3 = math.log(3)
+S = Step(epoch=2)
 
 
 def _teacher(logits, features=(1.0, 0.0)):
@@ -34,7 +35,7 @@ def test_kd_by_hand_with_temperature():
     # softmax((ln3, 0) / 2) = (sqrt3, 1) / (sqrt3 + 1)
     p = math.sqrt(3) / (math.sqrt(3) + 1)
     kl = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
-    terms = kd(_student(), [_teacher((LN3, 0.0))], torch.tensor([0]))
+    terms = kd(_student(), [_teacher((LN3, 0.0))], torch.tensor([0]), S)
     assert terms["kd"].item() == pytest.approx(0.5 * 4 * kl, abs=1e-6)
 
 
@@ -46,29 +47,52 @@ def test_kd_matches_torchdistill():
     kd = build_method("kd", {"temperature": 4.0, "weight": 0.5}, 4, [4], 10)
     ours = (
         0.5 * torch.nn.functional.cross_entropy(s, y)
-        + kd(StudentOutputs(s, torch.zeros(16, 4)), [TeacherOutputs(torch.zeros(16, 4), t)], y)["kd"]
+        + kd(StudentOutputs(s, torch.zeros(16, 4)), [TeacherOutputs(torch.zeros(16, 4), t)], y, S)["kd"]
     )
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_avg_kd_of_opposite_teachers_is_uniform():
-    avg = build_method("avg_kd", {"temperature": 1.0}, 2, [2, 2], 2)
+def test_avg_kd_averages_the_losses_or_the_probabilities():
     teachers = [_teacher((LN3, 0.0)), _teacher((0.0, LN3))]  # (3/4, 1/4) and (1/4, 3/4)
-    assert avg(_student(), teachers, torch.tensor([0]))["avg_kd"].item() == pytest.approx(0.0, abs=1e-6)
-    # against a student at (3/4, 1/4): KL(uniform || s) = 1/2 ln(1/2 / 3/4) + 1/2 ln(1/2 / 1/4)
-    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(2.0)
-    assert avg(_student((LN3, 0.0)), teachers, torch.tensor([0]))["avg_kd"].item() == pytest.approx(
-        expected, abs=1e-6
-    )
+    losses = build_method("avg_kd", {"temperature": 1.0}, 2, [2, 2], 2)
+    probs = build_method("avg_kd", {"temperature": 1.0, "average": "probabilities"}, 2, [2, 2], 2)
+    y = torch.tensor([0])
+    # student uniform: both KLs are 3/4 ln(3/2) + 1/4 ln(1/2); the mean of the teachers is uniform: 0
+    kl_a = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert losses(_student(), teachers, y, S)["avg_kd"].item() == pytest.approx(kl_a, abs=1e-6)
+    assert probs(_student(), teachers, y, S)["avg_kd"].item() == pytest.approx(0.0, abs=1e-6)
+    # student (3/4, 1/4): KL 0 to A, 1/4 ln(1/3) + 3/4 ln 3 = ln 3 / 2 to B; mean ln 3 / 4
+    assert losses(_student((LN3, 0.0)), teachers, y, S)["avg_kd"].item() == pytest.approx(LN3 / 4, abs=1e-6)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(2.0)  # KL(uniform || (3/4, 1/4))
+    assert probs(_student((LN3, 0.0)), teachers, y, S)["avg_kd"].item() == pytest.approx(expected, abs=1e-6)
+    # The two readings differ by a constant: the same gradient for the student.
+    grads = []
+    for method in (losses, probs):
+        s = torch.tensor([[0.3, -0.2]], requires_grad=True)
+        method(StudentOutputs(s, torch.zeros(1, 2)), teachers, y, S)["avg_kd"].backward()
+        grads.append(s.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
 def test_entropy_weights_by_hand():
     logits = torch.tensor([[[math.log(9.0), 0.0]], [[0.0, 0.0]]])  # p = (0.9, 0.1) and uniform
     h_a = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
     h_b = math.log(2)
+    w = entropy_weights(logits)  # published: 1 - H_k / sum_j H_j
+    assert w[0, 0].item() == pytest.approx(1 - h_a / (h_a + h_b), abs=1e-6)
+    assert w[1, 0].item() == pytest.approx(1 - h_b / (h_a + h_b), abs=1e-6)
+    assert entropy_weights(logits[:1]).item() == 1.0
+    # the earlier reading, softmax_k(-H_k), as an option: teacher B is uniform (KL 0 from a uniform student)
+    soft = build_method("ebkd", {"temperature": 1.0, "weighting": "softmax"}, 2, [2, 2], 2)
+    teachers = [_teacher((math.log(9.0), 0.0)), _teacher((0.0, 0.0))]
+    kl_a = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
     w_a = math.exp(-h_a) / (math.exp(-h_a) + math.exp(-h_b))
-    w = entropy_weights(logits)
-    assert w[0, 0].item() == pytest.approx(w_a, abs=1e-6) and w.sum().item() == pytest.approx(1.0)
+    assert soft(_student(), teachers, torch.tensor([0]), S)["ebkd"].item() == pytest.approx(
+        w_a * kl_a, abs=1e-6
+    )
+    published = build_method("ebkd", {"temperature": 1.0}, 2, [2, 2], 2)
+    got = published(_student(), teachers, torch.tensor([0]), S)["ebkd"].item()
+    assert got == pytest.approx((1 - h_a / (h_a + h_b)) * kl_a / 2, abs=1e-6)  # sum over k, b / (B K)
 
 
 def test_confidence_weights_by_hand():
@@ -82,18 +106,22 @@ def test_confidence_weights_by_hand():
 
 
 def test_camkd_terms_by_hand():
-    cam = build_method("camkd", {"temperature": 1.0, "feature_weight": 2.0}, 2, [2, 2], 2)
+    options = {"temperature": 1.0, "feature_weight": 2.0, "feature": "pooled"}
+    cam = build_method("camkd", options, 2, [2, 2], 2)
     with torch.no_grad():
         for p in cam.projectors:
             p.weight.copy_(torch.eye(2))
             p.bias.zero_()
     teachers = [_teacher((math.log(9.0), 0.0), (1.0, 0.0)), _teacher((0.0, 0.0), (0.0, 1.0))]
-    terms = cam(_student(), teachers, torch.tensor([0]))
+    terms = cam(_student(), teachers, torch.tensor([0]), Step(epoch=1))
     w_a = 1 - math.exp(-math.log(0.9)) / (math.exp(-math.log(0.9)) + 2.0)
     kl_a = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
-    assert terms["camkd"].item() == pytest.approx(w_a * kl_a, abs=1e-6)  # teacher B is uniform: KL 0
-    # student features (1, 0): distance 0 to A, 2 to B (normalised, orthogonal)
+    # teacher B is uniform: KL 0; the weighted sum over teachers and rows is divided by B K = 2
+    assert terms["camkd"].item() == pytest.approx(w_a * kl_a / 2, abs=1e-6)
+    # student features (1, 0): distance 0 to A, 2 to B (normalised, orthogonal); pooled: from epoch 1
     assert terms["camkd_features"].item() == pytest.approx(2.0 * (1 - w_a) * 2.0, abs=1e-6)
+    published = build_method("camkd", {"temperature": 1.0}, 2, [2, 2], 2)
+    assert set(published(_student(), teachers, torch.tensor([0]), Step(epoch=1))) == {"camkd"}
 
 
 def test_feature_distances_by_hand():
@@ -174,7 +202,7 @@ def test_features_sum_and_learned_by_hand(combine, expected):
     )
     _identity_projectors(method)
     teachers = [TeacherOutputs(torch.tensor([[2.0, 0.0]])), TeacherOutputs(torch.tensor([[0.0, 5.0]]))]
-    loss = method(_student(), teachers, torch.tensor([0]))["features"]
+    loss = method(_student(), teachers, torch.tensor([0]), S)["features"]
     assert loss.item() == pytest.approx(3.0 * expected, abs=1e-6)  # learned starts at equal weights
 
 
@@ -186,13 +214,14 @@ def test_features_concat_by_hand():
     teachers = [TeacherOutputs(torch.tensor([[3.0]])), TeacherOutputs(torch.tensor([[-1.0]]))]
     # target = (1, -1) / sqrt 2; student (1, 0): |(1, 0) - (1, -1)/sqrt2|^2
     expected = (1 - 1 / math.sqrt(2)) ** 2 + (1 / math.sqrt(2)) ** 2
-    assert method(_student(), teachers, torch.tensor([0]))["features"].item() == pytest.approx(
+    assert method(_student(), teachers, torch.tensor([0]), S)["features"].item() == pytest.approx(
         expected, abs=1e-6
     )
 
 
 def test_hint_by_hand():
-    opts = {"student_layer": "s", "teacher_layer": "t", "student_channels": 1, "teacher_channels": [1]}
+    opts = {"student_layer": "s", "teacher_layer": "t", "student_channels": 1, "teacher_channels": [1],
+            "adapter": "conv1x1", "weight": 1.0}  # fmt: skip
     hint = build_method("hint", opts, 2, [2], 2, teachers_have_logits=False)
     with torch.no_grad():
         hint.adapters[0].weight.fill_(2.0)
@@ -202,7 +231,7 @@ def test_hint_by_hand():
     student = StudentOutputs(torch.zeros(1, 2), torch.zeros(1, 2), {"s": s_map})
     teacher = TeacherOutputs(torch.zeros(1, 2), maps={"t": t_map})
     expected = ((3 - 2.5) ** 2 + (3 - 4.5) ** 2 + (3 - 10.5) ** 2 + (3 - 12.5) ** 2) / 4
-    assert hint(student, [teacher], torch.tensor([0]))["hint"].item() == pytest.approx(expected)
+    assert hint(student, [teacher], torch.tensor([0]), S)["hint"].item() == pytest.approx(expected)
 
 
 def test_method_errors_are_one_line():

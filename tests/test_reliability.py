@@ -140,27 +140,15 @@ def test_two_builders_of_one_cache_build_it_once(tmp_path, monkeypatch, capsys):
 
     import numpy as np
 
-    from mtkd.cache.teacher_cache import build_cache
+    from mtkd.cache.teacher_cache import CacheSpec, build_cache
     from mtkd.data import load_dataset
     from mtkd.models.teachers import TeacherNet, TeacherSpec
 
     monkeypatch.setenv("MTKD_HOME", str(tmp_path / "home"))
     ds = load_dataset("digits")
     teacher = TeacherNet(TeacherSpec("mobilenet_v2", input_size=32, head="gap", num_classes=10)).eval()
-    args = (
-        teacher,
-        "t",
-        ds.train.images,
-        ds.train.labels,
-        2,
-        1,
-        False,
-        0,
-        "float16",
-        True,
-        torch.device("cpu"),
-        "t",
-    )
+    spec = CacheSpec(views=2, padding=1, hflip=False, seed=0, dtype="float16", with_logits=True)
+    args = (teacher, "t", ds.train.images, ds.train.labels, spec, torch.device("cpu"), "t")
     results = [None, None]
 
     def build(k: int) -> None:

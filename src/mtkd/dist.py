@@ -134,12 +134,15 @@ def _die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def wrap(module: nn.Module, place: Dist, device: torch.device, sync_bn: bool) -> nn.Module:
+def wrap(
+    module: nn.Module, place: Dist, device: torch.device, sync_bn: bool, find_unused: bool = False
+) -> nn.Module:  # fmt: skip
     """DistributedDataParallel around the trained module.
 
     sync_bn: batch norm over the global batch, so the steps are those of one process. Without
     it each process normalises its own rows and rank 0's running statistics are broadcast at
     every step (DDP's default, and timm's and torchvision's).
+    find_unused: some steps leave some parameters out (a method's term that starts later).
     """
     if not place.active:
         return module
@@ -152,7 +155,7 @@ def wrap(module: nn.Module, place: Dist, device: torch.device, sync_bn: bool) ->
     if sync_bn:  # synced running statistics are the same everywhere: no need to broadcast them
         known = inspect.signature(DistributedDataParallel.__init__).parameters
         options["forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"] = False
-    return DistributedDataParallel(module, device_ids=ids, **options)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused, **options)
 
 
 def sync_batch_norm(module: nn.Module, device: torch.device) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from contextlib import nullcontext
@@ -31,6 +32,7 @@ from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_cro
 from mtkd.dist import SINGLE, Dist
 from mtkd.errors import MtkdError
 from mtkd.io import cache_dir, file_lock, read_json, sha256_file, write_json
+from mtkd.models.hooks import FeatureHooks
 from mtkd.models.teachers import TeacherNet
 
 CHUNK = 256
@@ -60,26 +62,34 @@ def images_for(
 
 @dataclass
 class TeacherCache:
+    """A finished cache: arrays [V, N, ...] by name, memory-mapped (`features`, `logits` when the
+    teacher is adapted, and `map:<module path>` for each intermediate map asked for)."""
+
     folder: Path
-    features: np.ndarray  # [V, N, D], memory-mapped
-    logits: np.ndarray | None  # [V, N, C]
+    arrays: dict[str, np.ndarray]
 
     def __post_init__(self) -> None:
-        # Row (v, i) of a [V*N, D] torch view of the same memory: index_select on it is ~30x
+        # Row (v, i) of a [V*N, width] torch view of the same memory: index_select on it is ~30x
         # faster than numpy's fancy indexing of the memmap (benchmarks/bench_transfer.py).
         v, n = self.features.shape[:2]
         self.n = n
-        self._rows = {
-            name: torch.from_numpy(arr).view(v * n, arr.shape[2])
-            for name, arr in (("features", self.features), ("logits", self.logits))
-            if arr is not None
-        }
+        self._rows = {name: torch.from_numpy(arr).view(v * n, -1) for name, arr in self.arrays.items()}
 
-    def get(self, views: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    @property
+    def features(self) -> np.ndarray:
+        return self.arrays["features"]
+
+    @property
+    def logits(self) -> np.ndarray | None:
+        return self.arrays.get("logits")
+
+    def get(self, views: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every array's rows for images `index`, each as its view `views[i]`, as float32."""
         rows = views * self.n + index
-        feats = self._rows["features"].index_select(0, rows).float()
-        logits = self._rows["logits"].index_select(0, rows).float() if "logits" in self._rows else None
-        return feats, logits
+        return {
+            name: table.index_select(0, rows).float().view(len(rows), *self.arrays[name].shape[2:])
+            for name, table in self._rows.items()
+        }
 
 
 def teacher_identity(net: TeacherNet) -> str:
@@ -108,10 +118,12 @@ def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 def cache_key(
     teacher_sha: str, data_hash: str, views: int, padding: int, hflip: bool, seed: int, dtype: str,
-    computed: str,
+    computed: str, maps: tuple[str, ...] = (),
 ) -> str:  # fmt: skip
     spec = {"teacher": teacher_sha, "data": data_hash, "views": views, "padding": padding, "hflip": hflip,
             "seed": seed, "dtype": dtype, "computed": computed, "format": 2}  # fmt: skip
+    if maps:
+        spec["maps"] = sorted(maps)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -133,17 +145,30 @@ def _load(folder: Path) -> TeacherCache | None:
                 say(f"teacher cache {folder.name}: {name}.npy is truncated or altered; rebuilding")
                 return None
             arrays[name] = np.load(path, mmap_mode="c")  # copy-on-write: never changes the file
-        return TeacherCache(folder, arrays["features"], arrays.get("logits"))
+        return TeacherCache(folder, arrays)
     except (ValueError, KeyError, OSError, MtkdError):
         say(f"teacher cache {folder.name}: metadata unreadable; rebuilding")
         return None
 
 
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache holds: V views (view 0 clean; crops of `padding`, flips, drawn from `seed`),
+    stored as `dtype`, with the logits of an adapted teacher and the maps of these module paths."""
+
+    views: int
+    padding: int
+    hflip: bool
+    seed: int
+    dtype: str = "float16"
+    with_logits: bool = True
+    maps: tuple[str, ...] = ()
+
+
 @torch.inference_mode()
 def build_cache(
-    teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, labels: torch.Tensor, views: int, padding: int,
-    hflip: bool, seed: int, dtype: str, with_logits: bool, device: torch.device, label: str,
-    place: Dist = SINGLE,
+    teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, labels: torch.Tensor, spec: CacheSpec,
+    device: torch.device, label: str, place: Dist = SINGLE,
 ) -> TeacherCache:  # fmt: skip
     """Load the cache for this teacher and these images, building (or finishing) it first if needed.
 
@@ -151,7 +176,10 @@ def build_cache(
     rank 0 writes them, so the cache is the one a single process builds.
     """
     data = content_hash(images, labels)
-    key = cache_key(teacher_sha, data, views, padding, hflip, seed, dtype, computed_by(device))
+    key = cache_key(
+        teacher_sha, data, spec.views, spec.padding, spec.hflip, spec.seed, spec.dtype, computed_by(device),
+        spec.maps,
+    )  # fmt: skip
     folder = cache_dir() / "teachers" / key
     # Two runs needing the same cache (a study's parallel jobs): one builds, the other waits, then loads.
     # Within one torchrun job, rank 0 holds the lock and decides for all.
@@ -163,8 +191,7 @@ def build_cache(
     with lock:
         cached = _load(folder) if place.main else None
         if not place.broadcast(cached is not None):
-            spec = _Spec(teacher, views, padding, hflip, seed, dtype, with_logits, device, label)
-            _build(folder, spec, teacher_sha, images, place)
+            _build(folder, _Builder(teacher, spec, device, label), teacher_sha, images, place)
         place.barrier()
     cached = cached or _load(folder)
     if cached is None:
@@ -175,36 +202,47 @@ def build_cache(
     return cached
 
 
-@dataclass
-class _Spec:
-    teacher: TeacherNet
-    views: int
-    padding: int
-    hflip: bool
-    seed: int
-    dtype: str
-    with_logits: bool
-    device: torch.device
-    label: str
+class _Builder:
+    """The teacher's outputs for one chunk of images, by array name, flattened per image."""
+
+    def __init__(self, teacher: TeacherNet, spec: CacheSpec, device: torch.device, label: str):
+        self.teacher, self.spec, self.device, self.label = teacher, spec, device, label
+        self.hooks = FeatureHooks(teacher, list(spec.maps)) if spec.maps else None
+
+    def shapes(self, sample: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """Each array's shape per image, from one image."""
+        return {name: tuple(out.shape[1:]) for name, out in self(sample[:1]).items()}
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = self.teacher
+        fmap = t.forward_features(batch.to(self.device).float() / 255.0)
+        out = {"features": t.forward_head(fmap, pre_logits=True)}
+        if self.spec.with_logits:
+            out["logits"] = t.forward_head(fmap)
+        for path in self.spec.maps:
+            out[f"map.{path}"] = self.hooks.outputs[path]
+        return out
 
 
-def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, place: Dist) -> None:
+def _build(folder: Path, builder: _Builder, teacher_sha: str, images: torch.Tensor, place: Dist) -> None:
     """Compute the cache in chunks of CHUNK rows; rounds of one chunk per process, written by rank 0."""
-    n, views, teacher = len(images), spec.views, spec.teacher
+    spec, teacher = builder.spec, builder.teacher
+    n, views = len(images), spec.views
     teacher.eval()
-    dims = {"features": teacher.num_features}
-    if spec.with_logits:
-        dims["logits"] = teacher.spec.num_classes
+    shapes = builder.shapes(images)
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     partial, progress_path, done = {}, folder / "progress.json", 0
     if place.main:
         if (folder / "meta.json").exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np_dtype = np.float16 if spec.dtype == "float16" else np.float32
-        for name, d in dims.items():
+        for name, shape in shapes.items():
             path = folder / f"{name}.partial.npy"
             mode = "r+" if path.is_file() else "w+"
-            partial[name] = np.lib.format.open_memmap(path, mode=mode, dtype=np_dtype, shape=(views, n, d))
+            partial[name] = np.lib.format.open_memmap(
+                path, mode=mode, dtype=np_dtype, shape=(views, n, *shape)
+            )
         done = int(read_json(progress_path, default={}).get("done", 0))
     done = int(place.broadcast(done))
     params = view_params(n, views, spec.padding, spec.hflip, spec.seed)
@@ -216,13 +254,13 @@ def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, pl
     total = views * n
     where = f", {place.world} processes" if place.active else ""
     say(
-        f"{spec.label}: caching {views} view(s) of {n} images ({total - done} forward passes left{where}) in {folder}"
+        f"{builder.label}: caching {views} view(s) of {n} images ({total - done} forward passes left{where}) in {folder}"
     )
-    bar, lines = make_progress(True), Milestones(spec.label, total, done)
+    bar, lines = make_progress(True), Milestones(builder.label, total, done)
     start, computed = time.perf_counter(), 0
-    width = sum(dims.values())
+    width = sum(sizes.values())
     with bar:
-        task = bar.add_task(spec.label, total=total, completed=done, loss=0.0, acc=0.0, ips=0.0)
+        task = bar.add_task(builder.label, total=total, completed=done, loss=0.0, acc=0.0, ips=0.0)
         for first in range(0, len(todo), place.world):
             group = todo[first : first + place.world]
             mine = torch.zeros(CHUNK, width)
@@ -231,20 +269,18 @@ def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, pl
                 batch = images[index]
                 if params[v] is not None:
                     batch = apply_crop_flip(batch, params[v][index])
-                fmap = teacher.forward_features(batch.to(spec.device).float() / 255.0)
-                outputs = [teacher.forward_head(fmap, pre_logits=True)]
-                if spec.with_logits:
-                    outputs.append(teacher.forward_head(fmap))
-                mine[: len(index)] = torch.cat([o.float() for o in outputs], 1).cpu()
+                outputs = builder(batch)
+                mine[: len(index)] = torch.cat([outputs[k].float().flatten(1) for k in sizes], 1).cpu()
             results = place.all_gather(mine)
             rows = sum(len(index) for _, index in group)
             computed += rows
             if place.main:
                 for (v, index), result in zip(group, results, strict=False):
                     at = 0
-                    for name, d in dims.items():
-                        partial[name][v, index.numpy()] = result[: len(index), at : at + d].numpy()
-                        at += d
+                    for name, size in sizes.items():
+                        block = result[: len(index), at : at + size].reshape(len(index), *shapes[name])
+                        partial[name][v, index.numpy()] = block.numpy()
+                        at += size
                 for arr in partial.values():
                     arr.flush()
                 v, index = group[-1]
@@ -253,6 +289,8 @@ def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, pl
             ips = computed / (time.perf_counter() - start)
             bar.update(task, advance=rows, ips=ips)
             lines.update(done if place.main else computed, ips)
+    if builder.hooks is not None:
+        builder.hooks.remove()
     if not place.main:
         return
     files = {}
@@ -265,6 +303,13 @@ def _build(folder: Path, spec: _Spec, teacher_sha: str, images: torch.Tensor, pl
     partial.clear()
     write_json(
         folder / "meta.json",
-        {"files": files, "views": views, "images": n, "dtype": spec.dtype, "teacher": teacher_sha},
+        {
+            "files": files,
+            "views": views,
+            "images": n,
+            "dtype": spec.dtype,
+            "teacher": teacher_sha,
+            "maps": list(spec.maps),
+        },
     )
     progress_path.unlink(missing_ok=True)

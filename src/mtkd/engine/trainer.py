@@ -28,6 +28,7 @@ from mtkd.engine.device import resolve_precision, use_channels_last
 from mtkd.engine.logger import MetricsLog
 from mtkd.engine.signals import StopRequests
 from mtkd.errors import Interrupted, MtkdError
+from mtkd.methods.base import Step
 
 
 class Transform(Protocol):
@@ -51,13 +52,13 @@ class Identity:
 
 class StepLoss(Protocol):
     """The loss of one training step. `draw` makes the step's random choices for the global batch;
-    the call gets this process's rows of it and the trained module (wrapped by DDP under torchrun):
-    the loss's own `module` attribute when it has one, else the model."""
+    the call gets this process's rows of it, the trained module (wrapped by DDP under torchrun):
+    the loss's own `module` attribute when it has one, else the model, and where training is."""
 
     def draw(self, n: int, gen: torch.Generator) -> Any: ...
 
     def __call__(
-        self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any
+        self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any, step: Step
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
@@ -71,7 +72,7 @@ class CrossEntropy:
         return self.transform.draw(n, gen)
 
     def __call__(
-        self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any
+        self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any, step: Step
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = net(self.transform(x, drawn))
         return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
@@ -163,7 +164,7 @@ class Trainer:
         net = model if net is None else net
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
-        self.net = wrap(net, place, device, loop.sync_bn)
+        self.net = wrap(net, place, device, loop.sync_bn, getattr(self.loss_fn, "may_skip_parameters", False))
         if loop.compile:
             self.net = torch.compile(self.net)
         self.folder = Path(out.dir)
@@ -326,7 +327,8 @@ class Trainer:
             batch = batch.contiguous(memory_format=torch.channels_last)
         target = y[index].to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
-            logits, terms = self.loss_fn(self.net, index, batch, target, drawn)
+            where = Step(epoch, step, self.steps_per_epoch, self.schedule.epochs)
+            logits, terms = self.loss_fn(self.net, index, batch, target, drawn, where)
             loss = torch.stack([t.float() for t in terms.values()]).sum()
         if not torch.isfinite(loss):
             bad = next(k for k, v in terms.items() if not torch.isfinite(v))

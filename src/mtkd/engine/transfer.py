@@ -14,15 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtkd.cache.teacher_cache import TeacherCache, build_cache, images_for, teacher_identity, view_params
+from mtkd.cache.teacher_cache import (
+    CacheSpec,
+    TeacherCache,
+    build_cache,
+    images_for,
+    teacher_identity,
+    view_params,
+)
 from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
 from mtkd.engine.builders import load_model
 from mtkd.engine.config import TrainConfig
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
-from mtkd.methods.base import method_class
-from mtkd.models.hooks import FeatureHooks, pooled_features
+from mtkd.methods.base import Step, method_class
+from mtkd.models.hooks import FeatureHooks, student_outputs
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 
 
@@ -76,17 +83,17 @@ class StudentStep(nn.Module):
         self.ce_weight, self.label_smoothing = ce_weight, label_smoothing
 
     def forward(
-        self, images: torch.Tensor, teachers: list[TeacherOutputs], target: torch.Tensor
+        self, images: torch.Tensor, teachers: list[TeacherOutputs], target: torch.Tensor, step: Step
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pooled, logits = pooled_features(self.student, images)
+        fmap, pooled, logits = student_outputs(self.student, images)
         maps = self.hooks.outputs if self.hooks else {}
-        student = StudentOutputs(logits=logits, features=pooled, maps=maps)
+        student = StudentOutputs(logits=logits, features=pooled, maps=maps, fmap=fmap)
         # The cross-entropy first: the order in which terms enter the graph decides the order in
         # which their gradients are summed, and so the last bits of every result.
         ce = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         terms: dict[str, torch.Tensor] = {"ce": self.ce_weight * ce}
         for method in self.methods:
-            terms.update(method(student, teachers, target))
+            terms.update(method(student, teachers, target, step))
         return logits, terms
 
 
@@ -104,41 +111,42 @@ class TransferLoss:
         self.views = t.views
         self.params = view_params(len(images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
         student_paths = sorted({p for m in methods for p in m.student_maps()})
-        self.teacher_paths = sorted({p for m in methods for p in m.teacher_maps()})
-        if self.teacher_paths and t.teacher_mode == "cached":
-            raise MtkdError(
-                "methods that read teachers' intermediate maps (hint) need transfer.teacher_mode: online"
-            )
+        self.teacher_paths = tuple(sorted({p for m in methods for p in m.teacher_maps()}))
         hooks = FeatureHooks(student, student_paths) if student_paths else None
         self.module = StudentStep(student, methods, hooks, t.ce_weight, cfg.train.label_smoothing)
-        self.teacher_hooks = (
-            [FeatureHooks(x.net, self.teacher_paths) for x in teachers] if self.teacher_paths else []
-        )
+        self.may_skip_parameters = any(m.may_skip_parameters for m in methods)
+        self.teacher_hooks = []
         if t.teacher_mode == "cached":
             for teacher in teachers:
-                teacher.cache = build_cache(
-                    teacher.net, teacher.sha, images, dataset.train.labels, t.views, cfg.train.crop_padding,
-                    hflip, t.view_seed, t.cache_dtype, teacher.has_logits, device, f"teacher {teacher.name}", place,
+                spec = CacheSpec(
+                    t.views, cfg.train.crop_padding, hflip, t.view_seed, t.cache_dtype, teacher.has_logits,
+                    self.teacher_paths,
                 )  # fmt: skip
+                teacher.cache = build_cache(
+                    teacher.net, teacher.sha, images, dataset.train.labels, spec, device,
+                    f"teacher {teacher.name}", place,
+                )  # fmt: skip
+        elif self.teacher_paths:
+            self.teacher_hooks = [FeatureHooks(x.net, list(self.teacher_paths)) for x in teachers]
 
     def teacher_outputs(
         self, views: torch.Tensor, index: torch.Tensor, images: torch.Tensor
     ) -> list[TeacherOutputs]:
         out = []
         for k, teacher in enumerate(self.teachers):
+            head = teacher.net.forward_head if teacher.has_logits else None
             if teacher.cache is not None:
-                feats, logits = teacher.cache.get(views, index)
-                feats = feats.to(self.device)
-                logits = logits.to(self.device) if logits is not None else None
-            else:
-                with torch.inference_mode():
-                    fmap = teacher.net.forward_features(images.float() / 255.0)
-                    feats = teacher.net.forward_head(fmap, pre_logits=True).clone()
-                    logits = teacher.net.forward_head(fmap).clone() if teacher.has_logits else None
-            maps = (
-                {p: m.clone() for p, m in self.teacher_hooks[k].outputs.items()} if self.teacher_hooks else {}
-            )
-            out.append(TeacherOutputs(features=feats, logits=logits, maps=maps))
+                rows = {name: x.to(self.device) for name, x in teacher.cache.get(views, index).items()}
+                maps = {p: rows[f"map.{p}"] for p in self.teacher_paths}
+                out.append(TeacherOutputs(rows["features"], rows.get("logits"), maps, head))
+                continue
+            # no_grad, not inference_mode: the outputs are saved for the backward pass of some terms.
+            with torch.no_grad():
+                fmap = teacher.net.forward_features(images.float() / 255.0)
+                feats = teacher.net.forward_head(fmap, pre_logits=True)
+                logits = teacher.net.forward_head(fmap) if teacher.has_logits else None
+            maps = dict(self.teacher_hooks[k].outputs) if self.teacher_hooks else {}
+            out.append(TeacherOutputs(feats, logits, maps, head))
         return out
 
     def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -152,10 +160,11 @@ class TransferLoss:
         batch: torch.Tensor,
         target: torch.Tensor,
         views: torch.Tensor,
+        step: Step,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = images_for(batch, index, views.to(batch.device), self.params)
         teachers = self.teacher_outputs(views, index, images)
-        return net(self.normalize(images), teachers, target)
+        return net(self.normalize(images), teachers, target, step)
 
 
 def build_methods(

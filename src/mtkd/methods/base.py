@@ -1,13 +1,15 @@
 """What every transfer method shares: its inputs, its output, and the registry of names.
 
 A method is an `nn.Module` called with the student's outputs, the teachers' outputs for the
-same images and the labels; it returns a dict of named, already weighted loss terms. Its
+same images, the labels and where training is (`Step`: a warm-up or a first-epoch skip lives
+in the method's own file); it returns a dict of named, already weighted loss terms. Its
 parameters (projectors, adapters, learned weights) train with the student and are never
 part of the saved student.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,13 +27,28 @@ class StudentOutputs:
     logits: torch.Tensor  # [B, classes]
     features: torch.Tensor  # pooled penultimate features [B, D]
     maps: dict[str, torch.Tensor] = field(default_factory=dict)  # hooked maps by module path
+    fmap: torch.Tensor | None = None  # the last feature map, before pooling [B, C, H, W]
 
 
 @dataclass
 class TeacherOutputs:
     features: torch.Tensor  # pooled features [B, D_k]
     logits: torch.Tensor | None = None  # [B, classes] of an adapted teacher; None for a raw ImageNet one
-    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)  # by module path; FINAL_MAP: the last map
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None  # the frozen classifier: last map -> logits
+
+
+FINAL_MAP = "body"  # a teacher's module whose output is its last feature map (TeacherNet.body)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where training is: epoch (from 1) and step (from 0) within it, and the lengths of both."""
+
+    epoch: int = 1
+    step: int = 0
+    steps_per_epoch: int = 1
+    epochs: int = 1
 
 
 class MethodOptions(BaseModel):
@@ -46,6 +63,7 @@ class Method(nn.Module):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_logits: ClassVar[bool] = False  # needs teachers adapted to the dataset's classes
     max_teachers: ClassVar[int | None] = None  # None: any number of teachers
+    may_skip_parameters: ClassVar[bool] = False  # some steps leave some of its parameters out (DDP must know)
 
     def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__()
@@ -59,7 +77,7 @@ class Method(nn.Module):
         return []
 
     def forward(
-        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
+        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

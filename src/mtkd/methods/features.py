@@ -22,6 +22,7 @@ from torch import nn
 from mtkd.methods.base import (
     Method,
     MethodOptions,
+    Step,
     StudentOutputs,
     TeacherOutputs,
     projected_distances,
@@ -66,7 +67,7 @@ class FeatureTransfer(Method):
         return torch.full((k,), 1.0 / k)
 
     def forward(
-        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
+        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         o = self.options
         if o.combine == "concat":

@@ -11,6 +11,7 @@ from pydantic import Field
 from mtkd.methods.base import (
     Method,
     MethodOptions,
+    Step,
     StudentOutputs,
     TeacherOutputs,
     kl_per_sample,
@@ -36,7 +37,7 @@ class KD(LogitMethod):
     max_teachers = 1
 
     def forward(
-        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
+        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         t = self.options.temperature
         loss = kl_per_sample(student.logits, softened(teachers[0].logits, t), t).mean()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mtkd.methods.base import Method, StudentOutputs, TeacherOutputs, register
+from mtkd.methods.base import Method, Step, StudentOutputs, TeacherOutputs, register
 
 
 @register
@@ -12,6 +12,6 @@ class NoTransfer(Method):
     name = "none"
 
     def forward(
-        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
+        self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         return {}
