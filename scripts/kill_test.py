@@ -112,12 +112,13 @@ def main() -> None:
         reference = _results(root / "reference" / "out")
         print(f"reference study: {duration:.0f} s, {len(reference[0])} rows, {len(reference[1])} checkpoints; "
               f"CPU hog: {len(hogs)} processes", flush=True)  # fmt: skip
-        rng, same = random.Random(args.seed), 0
+        rng, same, landed = random.Random(args.seed), 0, 0
         for k in range(1, args.kills + 1):
             folder = root / f"kill{k:02d}"
             folder.mkdir()
             moment = rng.uniform(0.5, duration)
             where = _run(folder, kill_after=moment)
+            landed += where != "(finished before the kill)"
             jobs = ["--jobs", "2"] if k % 2 == 0 else []
             _run(folder, jobs)
             ok = _results(folder / "out") == reference
@@ -126,7 +127,8 @@ def main() -> None:
                   f"{'identical' if ok else 'DIFFERENT'}  | landed in: {where}", flush=True)  # fmt: skip
             if not args.keep and ok:
                 shutil.rmtree(folder)
-        print(f"{same}/{args.kills} killed studies finished with results identical to the uninterrupted one")
+        print(f"{same}/{args.kills} studies ({landed} killed, the others finished first) ended with results "
+              "identical to the uninterrupted one")  # fmt: skip
     finally:
         for h in hogs:
             h.terminate()
