@@ -7,7 +7,7 @@ from torch import nn
 from mtkd.engine.trainer import warmup_cosine
 from mtkd.errors import MtkdError
 from mtkd.models.cost import count_macs, count_params
-from mtkd.models.hooks import FeatureHooks, pooled_features
+from mtkd.models.hooks import FeatureHooks, student_outputs
 from mtkd.models.students import STUDENTS
 from mtkd.models.zoo import create_student, resolve
 
@@ -16,7 +16,7 @@ from mtkd.models.zoo import create_student, resolve
 def test_students_give_logits_and_pooled_features(name):
     model = create_student(name, 7, 1).eval()
     x = torch.randn(3, 1, 28, 28)
-    pooled, logits = pooled_features(model, x)
+    _, pooled, logits = student_outputs(model, x)
     assert logits.shape == (3, 7) and pooled.shape == (3, model.num_features)
     assert torch.allclose(logits, model(x), atol=1e-6)
 

@@ -214,11 +214,10 @@ class _Builder:
         return {name: tuple(out.shape[1:]) for name, out in self(sample[:1]).items()}
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = self.teacher
-        fmap = t.forward_features(batch.to(self.device).float() / 255.0)
-        out = {"features": t.forward_head(fmap, pre_logits=True)}
-        if self.spec.with_logits:
-            out["logits"] = t.forward_head(fmap)
+        feats, logits = self.teacher.pooled_and_logits(
+            batch.to(self.device).float() / 255.0, self.spec.with_logits
+        )
+        out = {"features": feats} if logits is None else {"features": feats, "logits": logits}
         for path in self.spec.maps:
             out[f"map.{path}"] = self.hooks.outputs[path]
         return out

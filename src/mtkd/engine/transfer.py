@@ -142,9 +142,7 @@ class TransferLoss:
                 continue
             # no_grad, not inference_mode: the outputs are saved for the backward pass of some terms.
             with torch.no_grad():
-                fmap = teacher.net.forward_features(images.float() / 255.0)
-                feats = teacher.net.forward_head(fmap, pre_logits=True)
-                logits = teacher.net.forward_head(fmap) if teacher.has_logits else None
+                feats, logits = teacher.net.pooled_and_logits(images.float() / 255.0, teacher.has_logits)
             maps = dict(self.teacher_hooks[k].outputs) if self.teacher_hooks else {}
             out.append(TeacherOutputs(feats, logits, maps, head))
         return out

@@ -52,9 +52,3 @@ def student_outputs(
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     logits = head(pooled) if head is not None else model.forward_head(fmap)
     return fmap, pooled, logits
-
-
-def pooled_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled penultimate features, logits) of a model that follows timm's forward_features/forward_head."""
-    _, pooled, logits = student_outputs(model, images)
-    return pooled, logits

@@ -171,3 +171,10 @@ class TeacherNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
+
+    def pooled_and_logits(
+        self, images: torch.Tensor, with_logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled features, logits or None) for images in [0, 1], from one pass of the backbone."""
+        fmap = self.forward_features(images)
+        return self.forward_head(fmap, pre_logits=True), self.forward_head(fmap) if with_logits else None
