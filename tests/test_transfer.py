@@ -183,3 +183,28 @@ def test_a_teacher_is_cached_under_its_content_never_its_name(digits_teacher, tm
     finally:
         torch.set_num_threads(before)
     assert len(keys) == 2
+
+
+def test_view_0_comes_from_the_probe_fits_features_with_the_same_bits(digits_teacher, monkeypatch):
+    """The probe fit cached the clean training images' pooled features under the backbone; a
+    student's teacher cache takes view 0 from them (only view 1 goes through the backbone) and
+    holds the same bits as a cache computed from the images."""
+    from mtkd.cache import teacher_cache
+
+    ds = load_dataset("digits")
+    t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
+    spec = CacheSpec(views=2, padding=2, hflip=False, seed=5, dtype="float32", with_logits=True)
+    args = (t.net, t.sha, ds.train.images, ds.train.labels, spec, torch.device("cpu"), "t")
+    shutil.rmtree(build_cache(*args).folder)  # whatever built it before: built here, now
+    seen = []
+    hook = t.net.body.register_forward_hook(lambda m, x, y: seen.append(len(x[0])))
+    reused = build_cache(*args)
+    assert seen[0] == 1 and sum(seen[1:]) == len(ds.train.images)  # a shape probe, then one view, not two
+    shutil.rmtree(reused.folder)
+    monkeypatch.setattr(teacher_cache, "_clean_view", lambda *a: None)
+    seen.clear()
+    fresh = build_cache(*args)
+    hook.remove()
+    assert sum(seen[1:]) == 2 * len(ds.train.images)
+    for name in ("features", "logits"):
+        assert np.array_equal(np.asarray(reused.arrays[name]), np.asarray(fresh.arrays[name])), name

@@ -104,6 +104,53 @@ def teacher_identity(net: TeacherNet) -> str:
     return digest.hexdigest()
 
 
+def backbone_identity(net: TeacherNet) -> str:
+    """SHA-256 of what decides a teacher's pooled features (everything but its head): the key of
+    its clean-image features, shared by every head trained on them (probe fits, seeds)."""
+    digest = hashlib.sha256(f"{net.body!r}|{net.pool!r}".encode())
+    digest.update(f"{net.input_size}|{net.mean.tolist()}|{net.std.tolist()}".encode())
+    for name, tensor in net.state_dict().items():
+        if name.startswith("head."):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def clean_features(
+    teacher: TeacherNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device, label: str,
+    place: Dist = SINGLE,
+) -> torch.Tensor:  # fmt: skip
+    """The pooled features of the clean images, float32, cached under the backbone's identity: a
+    probe fit computes them once for all its seeds, and a student's teacher cache takes its view 0
+    from them (the same numbers: the same chunks through the same layers)."""
+    cache = build_cache(
+        teacher, backbone_identity(teacher), images, labels, CLEAN_FEATURES, device, label, place
+    )
+    return torch.from_numpy(np.ascontiguousarray(cache.features[0]))
+
+
+def _clean_view(teacher: TeacherNet, images: torch.Tensor, labels: torch.Tensor, spec: CacheSpec,
+                device: torch.device) -> np.ndarray | None:  # fmt: skip
+    """View 0's pooled features from a finished clean-features cache, when one exists and the
+    teacher's logits follow from pooled features alone (a gap head, no maps asked for)."""
+    if spec.maps or not spec.with_logits or teacher._head_takes_map:
+        return None
+    key = cache_key(
+        backbone_identity(teacher),
+        content_hash(images, labels),
+        1,
+        0,
+        False,
+        0,
+        "float32",
+        computed_by(device),
+    )
+    found = _load(cache_dir() / "teachers" / key)
+    return None if found is None else found.features[0]
+
+
 def computed_by(device: torch.device) -> str:
     """What, besides its inputs, decides the bits of a teacher's outputs here."""
     return f"cpu/{torch.get_num_threads()} threads" if device.type == "cpu" else device.type
@@ -165,6 +212,9 @@ class CacheSpec:
     maps: tuple[str, ...] = ()
 
 
+CLEAN_FEATURES = CacheSpec(views=1, padding=0, hflip=False, seed=0, dtype="float32", with_logits=False)
+
+
 @torch.inference_mode()
 def build_cache(
     teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, labels: torch.Tensor, spec: CacheSpec,
@@ -191,7 +241,8 @@ def build_cache(
     with lock:
         cached = _load(folder) if place.main else None
         if not place.broadcast(cached is not None):
-            _build(folder, _Builder(teacher, spec, device, label), teacher_sha, images, place)
+            clean = _clean_view(teacher, images, labels, spec, device)
+            _build(folder, _Builder(teacher, spec, device, label, clean), teacher_sha, images, place)
         place.barrier()
     cached = cached or _load(folder)
     if cached is None:
@@ -205,9 +256,21 @@ def build_cache(
 class _Builder:
     """The teacher's outputs for one chunk of images, by array name, flattened per image."""
 
-    def __init__(self, teacher: TeacherNet, spec: CacheSpec, device: torch.device, label: str):
+    def __init__(self, teacher: TeacherNet, spec: CacheSpec, device: torch.device, label: str,
+                 clean: np.ndarray | None = None):  # fmt: skip
         self.teacher, self.spec, self.device, self.label = teacher, spec, device, label
         self.hooks = FeatureHooks(teacher, list(spec.maps)) if spec.maps else None
+        self.clean = clean  # view 0's pooled features, already computed (see clean_features)
+
+    def chunk(self, v: int, index: torch.Tensor, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Chunk `index` of view `v`: from the clean features through the head when they are known."""
+        if v == 0 and self.clean is not None:
+            feats = torch.from_numpy(self.clean[index.numpy()]).to(self.device)
+            return {
+                "features": feats,
+                "logits": self.teacher.head(feats),
+            }  # a gap head: logits = head(pooled)
+        return self(batch)
 
     def shapes(self, sample: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """Each array's shape per image, from one image."""
@@ -268,7 +331,7 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, images: torch.Tens
                 batch = images[index]
                 if params[v] is not None:
                     batch = apply_crop_flip(batch, params[v][index])
-                outputs = builder(batch)
+                outputs = builder.chunk(v, index, batch)
                 mine[: len(index)] = torch.cat([outputs[k].float().flatten(1) for k in sizes], 1).cpu()
             results = place.all_gather(mine)
             rows = sum(len(index) for _, index in group)

@@ -11,6 +11,7 @@ import torch
 from rich.markup import escape
 from torch import nn
 
+from mtkd.cache.teacher_cache import clean_features
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, load_dataset
 from mtkd.data.batches import Normalize, batch_indices
@@ -271,10 +272,10 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
     if cfg.adapt.mode == "probe":
         # The backbone is frozen: its features are computed once and the head trains on them.
         def features(split: str) -> torch.Tensor:
-            images, bs = dataset.split(split).images, cfg.adapt.feature_batch_size
-            return _extract(
-                teacher, images, bs, t.head == "gap", device, f"{t.name} features ({split})", place
-            )
+            part, label = dataset.split(split), f"{t.name} features ({split})"
+            if t.head == "gap":  # cached under the backbone: shared by seeds and by students' view 0
+                return clean_features(teacher, part.images, part.labels, device, label, place)
+            return _extract(teacher, part.images, cfg.adapt.feature_batch_size, False, device, label, place)
 
         data = FitData(features("train"), dataset.train.labels, features("val"), dataset.val.labels)
         trained: nn.Module = teacher.head
