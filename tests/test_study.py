@@ -4,9 +4,9 @@ digits that runs end to end, is not redone, and survives a SIGKILL with the same
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,60 +15,121 @@ from pathlib import Path
 
 import pytest
 import yaml
-from scipy import special, stats
+from scipy import stats
 
 from conftest import run_cli
-from mtkd.study.answers import answer, q1_sentence, q2_sentence, q3_sentence
-from mtkd.study.stats import betainc, mean_std, one_sample_t_test, paired_t_test
+from mtkd.study.answers import Reading, answer, q1, q2, q3, unsettled_configs
+from mtkd.study.config import StudyConfig
+from mtkd.study.runner import reading_of
+from mtkd.study.stats import (
+    ABOVE,
+    BELOW,
+    EQUIVALENT,
+    UNSETTLED,
+    Interval,
+    look_level,
+    mean_std,
+    one_sample_interval,
+    paired_interval,
+    reading,
+    seeds_to_settle,
+    welch_interval,
+)
 
 A = [0.9635, 0.9722, 0.9619, 0.9660, 0.9701]
 B = [0.9717, 0.9712, 0.9697, 0.9702, 0.9741]
 
 
-def test_incomplete_beta_matches_scipy():
-    rng = random.Random(0)
-    for _ in range(500):
-        a, b, x = rng.uniform(0.05, 60), rng.uniform(0.05, 60), rng.random()
-        assert betainc(a, b, x) == pytest.approx(special.betainc(a, b, x), abs=1e-12)
-
-
-def test_t_tests_match_scipy():
-    r = paired_t_test(B, A)
-    ref = stats.ttest_rel(B, A)
-    assert (r.t, r.p, r.n) == (
-        pytest.approx(ref.statistic, rel=1e-10),
-        pytest.approx(ref.pvalue, rel=1e-9),
-        5,
+def test_intervals_match_hand_computed_values_and_scipy():
+    # Paired differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3); t(0.975, df 2) = 4.302653 (tables).
+    iv = paired_interval([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert (iv.n, iv.diff, iv.sd) == (3, pytest.approx(2.0), pytest.approx(1.0))
+    assert (iv.lo, iv.hi) == (
+        pytest.approx(2 - 4.302653 / 3**0.5, abs=1e-6),
+        pytest.approx(2 + 4.302653 / 3**0.5, abs=1e-6),
     )
-    assert r.diff == pytest.approx(sum(B) / 5 - sum(A) / 5)
-    r1 = one_sample_t_test(A, 0.9676)
+    assert iv.p == pytest.approx(
+        1 - 12**0.5 / 14**0.5, abs=1e-12
+    )  # df 2: p = 1 - t / sqrt(t^2 + 2), t = sqrt(12)
+    ref = stats.ttest_rel(B, A)
+    r = paired_interval(B, A, 0.99)
+    ci = ref.confidence_interval(0.99)
+    assert (r.lo, r.hi, r.p) == (pytest.approx(ci.low, rel=1e-10), pytest.approx(ci.high, rel=1e-10),
+                                 pytest.approx(ref.pvalue, rel=1e-9))  # fmt: skip
+    one = one_sample_interval(A, 0.9676)
     ref1 = stats.ttest_1samp(A, 0.9676)
-    assert r1.t == pytest.approx(ref1.statistic, rel=1e-10) and r1.p == pytest.approx(ref1.pvalue, rel=1e-9)
-    m, s = mean_std(A)
-    assert (m, s) == (pytest.approx(sum(A) / 5), pytest.approx(stats.tstd(A)))
-    # Same difference on every seed: no spread, the sign is certain; no difference at all: p = 1.
-    assert paired_t_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5]).p == 0.0
-    assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p == 1.0
-    assert math.isnan(paired_t_test([1.0], [0.0]).p)
+    # scipy's interval is of the mean itself, ours of mean - reference.
+    assert (one.lo + 0.9676, one.hi + 0.9676, one.p) == (pytest.approx(ref1.confidence_interval().low, rel=1e-10),
+                                       pytest.approx(ref1.confidence_interval().high, rel=1e-10),
+                                       pytest.approx(ref1.pvalue, rel=1e-9))  # fmt: skip
+    w = welch_interval(B, A[:3])
+    ref2 = stats.ttest_ind(B, A[:3], equal_var=False)
+    assert (w.lo, w.hi, w.p, w.n_other) == (pytest.approx(ref2.confidence_interval().low, rel=1e-9),
+                                            pytest.approx(ref2.confidence_interval().high, rel=1e-9),
+                                            pytest.approx(ref2.pvalue, rel=1e-9), 3)  # fmt: skip
+    m, sd = mean_std(A)
+    assert (m, sd) == (pytest.approx(sum(A) / 5), pytest.approx(stats.tstd(A)))
+    # Same difference on every seed: no spread, the interval is that value; one seed: no interval.
+    same = paired_interval([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+    assert (same.lo, same.hi, same.p) == (0.5, 0.5, 0.0)
+    assert (
+        math.isinf(paired_interval([1.0], [0.0]).hi)
+        and reading(paired_interval([1.0], [0.0]), 0.1) == UNSETTLED
+    )
+    # Bonferroni over looks: 8 looks at alpha 0.05 are 99.375% intervals.
+    assert look_level(0.05, 8) == pytest.approx(0.99375)
 
 
-def test_answers_flip_with_the_numbers():
-    better, worse = paired_t_test(B, A), paired_t_test(A, B)
-    assert better.p < 0.05 and worse.p < 0.05
-    assert q1_sentence("kd", better, 0.05).startswith("Yes: kd is +0.46 ± 0.37 points")
-    assert q1_sentence("kd", worse, 0.05).startswith("No: kd is -0.46 ± 0.37 points below")
-    noisy = paired_t_test([0.95, 0.97, 0.96], [0.96, 0.95, 0.965])
-    assert noisy.p > 0.05 and q1_sentence("kd", noisy, 0.05).startswith("Not shown")
-    assert q3_sentence("one", "two", better, 0.05).startswith("No: the best combination (two) beats")
-    assert q3_sentence("one", "two", worse, 0.05).startswith("Yes: the best single teacher (one) beats")
-    assert q3_sentence("one", "two", noisy, 0.05).startswith("One teacher is enough here")
-    assert q2_sentence("s", "t", 0.97, 0.96, one_sample_t_test(B, 0.96), 0.05, "").startswith(
+def test_readings_and_seeds_to_settle():
+    def iv(lo, hi, diff=None, sd=0.01, n=5):
+        return Interval("t", n, (lo + hi) / 2 if diff is None else diff, sd, lo, hi, 0.95, 0.5)
+
+    assert reading(iv(0.001, 0.02), 0.005) == ABOVE
+    assert reading(iv(-0.02, -0.001), 0.005) == BELOW
+    assert reading(iv(-0.004, 0.004), 0.005) == EQUIVALENT
+    assert reading(iv(0.001, 0.004), 0.005) == EQUIVALENT  # a gain too small to matter
+    assert reading(iv(-0.001, 0.02), 0.005) == UNSETTLED
+    assert reading(iv(0.001 - 0.005, 0.006), 0.005) == UNSETTLED
+    # diff 0.01, sd 0.01: the interval clears zero once t(0.975, n-1) / sqrt(n) < 1:
+    # n = 6 gives 2.5706 / 2.4495 = 1.049, n = 7 gives 2.4469 / 2.6458 = 0.925.
+    need = seeds_to_settle(paired_interval([0.01 + d for d in (-0.01, 0.01, 0.0)], [0.0] * 3), 0.0)
+    assert need == 7
+    assert stats.t.ppf(0.975, 6) / 7**0.5 < 1 < stats.t.ppf(0.975, 5) / 6**0.5
+
+
+def test_answers_follow_the_intervals():
+    how = Reading(alpha=0.05, equivalence=0.005)
+    better, worse = paired_interval(B, A), paired_interval(A, B)
+    assert better.lo > 0 and worse.hi < 0
+    assert q1("kd", better, how)["sentence"].startswith(
+        "Yes: kd improves on the student alone by +0.46 points (95% CI [+"
+    )
+    assert q1("kd", worse, how)["sentence"].startswith(
+        "No: kd is -0.46 points below the student alone, a loss"
+    )
+    noisy = paired_interval([0.95, 0.97, 0.96], [0.96, 0.95, 0.965])
+    a = q1("kd", noisy, how, limit=10)
+    assert a["verdict"] == "Not settled" and "straddles zero and ±0.50 points" in a["sentence"]
+    assert (
+        f"about {seeds_to_settle(noisy, 0.005)} seeds would settle it (the study stops at 10)"
+        in a["sentence"]
+    )
+    tiny = paired_interval([0.951, 0.952, 0.952, 0.951], [0.950, 0.950, 0.950, 0.950])
+    assert q1("kd", tiny, how)["sentence"].startswith("No: kd is +0.15 points against the student alone")
+    assert "no difference that matters" in q1("kd", tiny, how)["sentence"]
+    assert q3("one", "two", better, how)["sentence"].startswith("No: the best combination (two) beats")
+    assert q3("one", "two", worse, how)["sentence"].startswith("Yes: the best single teacher (one) beats")
+    assert q3("one", "two", tiny, how)["sentence"].startswith(
+        "Yes: the best combination (two) is +0.15 points"
+    )
+    assert q3("one", "two", noisy, how)["verdict"] == "Not settled"
+    assert q2("s", "t", 0.97, 0.96, one_sample_interval(B, 0.96), how, "")["sentence"].startswith(
         "Yes: s beats t"
     )
-    assert q2_sentence("s", "t", 0.95, 0.98, one_sample_t_test(A, 0.98), 0.05, "").startswith(
+    assert q2("s", "t", 0.95, 0.98, one_sample_interval(A, 0.98), how, "")["sentence"].startswith(
         "No: s stays below t"
     )
-    assert q2_sentence("s", "t", 0.96, 0.96, one_sample_t_test(A, 0.967), 0.05, "").startswith("Not shown")
+    assert q2("s", "t", 0.96, 0.96, one_sample_interval(A, 0.967), how, "")["verdict"] == "Not settled"
 
 
 def _row(method, teachers, seed, val, test, **kw):
@@ -85,9 +146,9 @@ def test_best_configuration_is_chosen_on_validation_not_test():
     rows += [_row("kd", "a+b", s, 0.93, 0.93 + 0.003 * s) for s in range(3)]
     rows += [{**_row("", "", 0, 0.94, 0.94), "kind": "teacher", "teachers": "a", "params": 1000, "macs": 1000,
               "latency_ms": 4.0}]  # fmt: skip
-    a = answer(rows, 0.05)["s"]
+    a = answer(rows, Reading())["s"]
     assert a["q1"]["best"] == "kd from b"
-    assert a["q1"]["test"]["diff"] == pytest.approx(0.02 + 0.001)
+    assert a["q1"]["interval"]["diff"] == pytest.approx(0.02 + 0.001)
     assert a["q3"]["single"] == "kd from b" and a["q3"]["combination"] == "kd from a+b".replace(
         "a+b", "a + b"
     )
@@ -98,7 +159,8 @@ def test_best_configuration_is_chosen_on_validation_not_test():
 
 STUDY = {
     "data": {"name": "digits"},
-    "seeds": [0, 1],
+    "seeds": {"min": 2, "max": 3},
+    "teacher_seeds": 2,
     "methods": ["none", "features"],
     "student": {"model": {"name": "cnn_small"}, "schedule": {"epochs": 3}, "transfer": {"views": 2},
                 "train": {"batch_size": 64}},
@@ -128,20 +190,32 @@ def study(tmp_path_factory):
 def test_study_runs_end_to_end(study):
     _, out = study
     rows = _results(out)
-    # 2 teachers, and per seed: alone, features from each teacher and from both.
-    assert sorted((r["kind"], r["method"], r["teachers"]) for r in rows if r["seed"] == "1") == [
+    # 2 teachers adapted with 2 seeds each, and per seed: alone, features from each teacher and from both.
+    assert sorted((r["teachers"], r["seed"]) for r in rows if r["kind"] == "teacher") == [
+        ("mobilenet_v2", "0"), ("mobilenet_v2", "1"), ("tf_efficientnet_lite0", "0"), ("tf_efficientnet_lite0", "1")]  # fmt: skip
+    assert sorted((r["kind"], r["method"], r["teachers"]) for r in rows if r["seed"] == "1" and r["kind"] == "student") == [
         ("student", "features", "mobilenet_v2"), ("student", "features", "mobilenet_v2+tf_efficientnet_lite0"),
         ("student", "features", "tf_efficientnet_lite0"), ("student", "none", ""),
     ]  # fmt: skip
-    assert len(rows) == 2 + 2 * 4
+    # Sequential seeds: after the first look (seeds 0, 1), seed 2 went exactly to the configurations
+    # of the questions that look left unsettled.
+    full = json.loads((out / "results.json").read_text())
+    first = [r for r in full["runs"] if r["kind"] == "teacher" or r["seed"] < 2]
+    cfg = StudyConfig.model_validate({**STUDY, "output": str(out)})
+    wanted = set(unsettled_configs(first, reading_of(cfg)))
+    got = {(r["student"], r["method"], tuple(t for t in r["teachers"].split("+") if t))
+           for r in full["runs"] if r["kind"] == "student" and r["seed"] == 2}  # fmt: skip
+    assert got == wanted
+    assert len(rows) == 4 + 2 * 4 + len(wanted)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "src='plots" not in html
+    assert "<meta name='viewport'" in html and "data:image/png;base64," in html and "src='plots" not in html
     for q in ("Q1.", "Q2.", "Q3."):
-        assert q in html
+        assert html.count(q) == 1 + (q == "Q3.") + (q == "Q2."), q  # once in the answers; section titles
+    assert "2 looks" in html and "Bonferroni" in html and "Welch" in html
     # Every accuracy of the configuration table is the mean of its rows in results.csv.
     alone = [float(r["test_acc"]) for r in rows if r["method"] == "none"]
     mean, std = mean_std(alone)
-    assert "| alone | 2 | " in (out / "report.md").read_text()
+    assert f"| alone | {len(alone)} | " in (out / "report.md").read_text()
     assert f"{100 * mean:.2f} ± {100 * std:.2f}" in html
     assert all(p.stat().st_size > 1000 for p in (out / "plots").glob("*.png"))
 
@@ -220,12 +294,14 @@ def test_plan_lists_every_run_by_stage(tmp_path, capsys):
     lines = out.strip().splitlines()
     stage2 = lines.index("# stage 2")
     first, students = lines[2:stage2], [x for x in lines[stage2 + 1 :] if not x.startswith("#")]
-    # Stage 1: the 2 teachers and the student alone (2 seeds); stage 2: features from each
-    # teacher and from both (2 seeds), which need the teachers.
+    # Stage 1: the 2 teachers (2 seeds each) and the student alone (2 seeds); stage 2: features
+    # from each teacher and from both (2 seeds), which need the teachers. Sequential seeds: only
+    # the first look's runs, and a word on what comes next.
     assert [x.split(" --config")[0] for x in first] == [
         "torchrun --nproc_per_node=2 -m mtkd teacher fit"
-    ] * 2 + ["torchrun --nproc_per_node=2 -m mtkd train"] * 2
-    assert "/alone/" in first[2] and len(students) == 2 * 3
+    ] * 4 + ["torchrun --nproc_per_node=2 -m mtkd train"] * 2
+    assert "/alone/" in first[4] and len(students) == 2 * 3
+    assert "# sequential seeds: when these are done, run this --plan again for the next look's runs" in lines
     assert all(x.startswith("torchrun --nproc_per_node=2 -m mtkd train --config ") for x in students)
     # Each command's config is written and is a valid run config.
     from mtkd.engine.config import TrainConfig, build_config
@@ -248,3 +324,43 @@ def test_damaged_study_files_are_rebuilt(study, capsys):
     assert f"{out / 'state.json'} is damaged" in err and f"{damaged} is damaged" in err
     assert "1 to run" in err and "resuming" in err  # only the run whose summary was damaged
     assert _results(out) == before
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium here (apt-get install -y chromium)")
+def test_report_renders_in_a_browser(study, tmp_path):
+    """report.html in headless Chromium: every image decodes, the answers are there once each,
+    and every table has rows."""
+    _, out = study
+    probe = """<script>window.addEventListener('load', () => {
+      const imgs = [...document.images].map(i => i.complete && i.naturalWidth > 0);
+      const tables = [...document.querySelectorAll('table')].map(t => t.tBodies[0].rows.length);
+      const answers = [...document.querySelectorAll('p strong')].map(s => s.textContent);
+      document.body.setAttribute('data-check', JSON.stringify({imgs, tables, answers,
+        width: document.documentElement.scrollWidth}));
+    });</script></body>"""
+    page = tmp_path / "report.html"
+    page.write_text((out / "report.html").read_text().replace("</body>", probe))
+    dom = subprocess.run(
+        [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--window-size=1200,900", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    import html as html_lib
+    import re
+
+    found = re.search(r'data-check="([^"]*)"', dom)
+    assert found, dom[:500]
+    check = json.loads(html_lib.unescape(found.group(1)))
+    assert len(check["imgs"]) == (out / "report.html").read_text().count("<img") and all(check["imgs"]), check
+    assert check["tables"] and all(n > 0 for n in check["tables"]), check
+    titles = [a for a in check["answers"] if a.startswith("Q")]
+    assert titles == ["Q1. Does the student improve with transfer?", "Q2. Does the student beat its teacher?",
+                      "Q3. Is one teacher enough?"]  # fmt: skip

@@ -1,16 +1,31 @@
-"""The paper's three questions, answered from a study's rows with paired statistics over seeds.
+"""The paper's three questions, answered from a study's rows with confidence intervals over seeds.
 
 Configurations are compared on test accuracy but chosen on validation accuracy (the "best"
 transfer, the "best" single teacher, ...), so the choice does not peek at the test split.
-Each answer is a sentence built from the numbers; where a difference is not significant at
-the study's alpha, the sentence says so.
+Each difference gets its interval (paired over seeds for Q1 and Q3; for Q2 against the
+teacher's accuracy, with the teacher's own spread when it was adapted with several seeds),
+read against zero and the equivalence margin: Yes, No, or Not settled, and the sentence says
+why, with the interval, and how many seeds would likely settle what is not settled.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from mtkd.study.stats import TestResult, mean_std, one_sample_t_test, paired_t_test
+from mtkd.study.stats import (
+    ABOVE,
+    BELOW,
+    EQUIVALENT,
+    Interval,
+    look_level,
+    mean_std,
+    paired_interval,
+    reading,
+    seeds_to_settle,
+    welch_interval,
+)
+
+YES, NO, NOT_SETTLED = "Yes", "No", "Not settled"
 
 
 @dataclass
@@ -31,6 +46,10 @@ class Group:
     @property
     def short(self) -> str:
         return "alone" if self.method == "none" else f"{self.method} from {' + '.join(self.teachers)}"
+
+    @property
+    def key(self) -> tuple[str, str, tuple[str, ...]]:
+        return self.student, self.method, self.teachers
 
     def values(self, key: str, seeds: list[int] | None = None) -> list[float]:
         seeds = sorted(self.rows) if seeds is None else seeds
@@ -54,66 +73,126 @@ def student_groups(rows: list[dict]) -> dict[str, list[Group]]:
     return {student: list(groups.values()) for student, groups in out.items()}
 
 
+def teacher_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """teacher label -> its adapted runs (one per teacher seed), the students' teacher first."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["kind"] == "teacher":
+            out.setdefault(row["teachers"], []).append(row)
+    return {k: sorted(v, key=lambda r: int(r["seed"])) for k, v in out.items()}
+
+
 def best_by_val(groups: list[Group]) -> Group | None:
     return max(groups, key=lambda g: g.stat("val_acc")[0], default=None)
 
 
-def paired(a: Group, b: Group, key: str = "test_acc") -> TestResult:
+@dataclass(frozen=True)
+class Reading:
+    """How an answer is read: the interval's level, the margin (in accuracy, not points)."""
+
+    alpha: float = 0.05
+    equivalence: float = 0.005
+    looks: int = 1
+    advice: bool = True  # say how many seeds would settle what is not settled
+
+    @property
+    def level(self) -> float:
+        return look_level(self.alpha, self.looks)
+
+
+def paired(a: Group, b: Group, how: Reading, key: str = "test_acc") -> Interval:
     seeds = sorted(set(a.rows) & set(b.rows))
-    return paired_t_test(a.values(key, seeds), b.values(key, seeds))
+    return paired_interval(a.values(key, seeds), b.values(key, seeds), how.level)
 
 
 def _pts(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
-def _p(p: float) -> str:
-    return "n/a" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+def _ci(iv: Interval) -> str:
+    """'95% CI [+0.10, +0.90], paired t over seeds, 5 seeds'."""
+    seeds = f"{iv.n} seeds" + (f" against {iv.n_other} teacher seeds" if iv.n_other > 1 else "")
+    if iv.n < 2 and iv.n_other < 2:
+        return f"no interval from {seeds}"
+    return f"{100 * iv.level:.4g}% CI [{_pts(iv.lo)}, {_pts(iv.hi)}], {iv.test}, {seeds}"
 
 
-def _evidence(r: TestResult) -> str:
-    return f"p = {_p(r.p)}, {r.test}, {r.n} seeds"
+def _more(iv: Interval, how: Reading, limit: int | None) -> str:
+    n = seeds_to_settle(iv, how.equivalence)
+    if iv.n < 2:
+        return " Run at least 2 seeds."
+    if n is None:
+        return " At the observed spread no number of seeds within 1000 would settle it."
+    more = f" At the observed spread, about {n} seeds would settle it"
+    return more + (f" (the study stops at {limit})." if limit is not None and n > limit else ".")
 
 
-def q1_sentence(what: str, r: TestResult, alpha: float) -> str:
-    """Does transfer help: `r` is (with transfer) - (alone)."""
-    diff = f"{_pts(r.diff)} ± {100 * r.diff_std:.2f} points"
-    if r.n < 2:
-        return f"Cannot tell: {what} is {diff} against the student alone, but one seed gives no test; run more seeds."
-    if r.p < alpha and r.diff > 0:
-        return f"Yes: {what} is {diff} over the student alone ({_evidence(r)})."
-    if r.p < alpha and r.diff < 0:
-        return f"No: {what} is {diff} below the student alone, a significant loss ({_evidence(r)})."
-    return (f"Not shown: {what} is {diff} against the student alone, which is not significant "
-            f"at {alpha} ({_evidence(r)}).")  # fmt: skip
+def _settled(verdict: str, sentence: str, iv: Interval, how: Reading, limit: int | None) -> dict:
+    reason = reading(iv, how.equivalence)
+    if verdict == NOT_SETTLED and how.advice:
+        sentence += _more(iv, how, limit)
+    return {
+        "verdict": verdict,
+        "reading": reason,
+        "interval": iv.to_dict(),
+        "sentence": f"{verdict}: {sentence}",
+    }
 
 
-def q2_sentence(student: str, teacher: str, student_acc: float, teacher_acc: float, r: TestResult,
-                alpha: float, cost: str) -> str:  # fmt: skip
-    """Does the student beat its teacher: `r` is (student) - (teacher)."""
-    gap = f"{100 * student_acc:.2f}% against {teacher}'s {100 * teacher_acc:.2f}% ({_pts(r.diff)} ± {100 * r.diff_std:.2f} points"
-    if r.n < 2:
-        return f"Cannot tell: {student} reaches {gap}, one seed); run more seeds. {cost}"
-    if r.p < alpha and r.diff > 0:
-        return f"Yes: {student} beats {teacher}, {gap}, {_evidence(r)}), {cost}"
-    if r.p < alpha and r.diff < 0:
-        return f"No: {student} stays below {teacher}, {gap}, {_evidence(r)}), {cost}"
-    return f"Not shown: {student} reaches {gap}, not significant at {alpha}: {_evidence(r)}), {cost}"
+def q1(what: str, iv: Interval, how: Reading, limit: int | None = None) -> dict:
+    """Does transfer help: `iv` is (with transfer) - (alone)."""
+    r, diff, ci, m = reading(iv, how.equivalence), f"{_pts(iv.diff)} points", _ci(iv), 100 * how.equivalence
+    if r == ABOVE:
+        return _settled(YES, f"{what} improves on the student alone by {diff} ({ci}).", iv, how, limit)
+    if r == EQUIVALENT:
+        return _settled(NO, f"{what} is {diff} against the student alone ({ci}): inside ±{m:.2f} points, "
+                        "no difference that matters.", iv, how, limit)  # fmt: skip
+    if r == BELOW:
+        return _settled(NO, f"{what} is {diff} below the student alone, a loss ({ci}).", iv, how, limit)
+    return _settled(NOT_SETTLED, f"{what} is {diff} against the student alone ({ci}); the interval "
+                    f"straddles {_boundary(iv, how)}.", iv, how, limit)  # fmt: skip
 
 
-def q3_sentence(single: str, combo: str, r: TestResult, alpha: float) -> str:
-    """Is one teacher enough: `r` is (best combination) - (best single teacher)."""
-    diff = f"{_pts(r.diff)} ± {100 * r.diff_std:.2f} points"
-    if r.n < 2:
-        return f"Cannot tell: the best combination ({combo}) is {diff} against the best single teacher ({single}), one seed."
-    if r.p < alpha and r.diff > 0:
-        return (f"No: the best combination ({combo}) beats the best single teacher ({single}) by {diff} "
-                f"({_evidence(r)}).")  # fmt: skip
-    if r.p < alpha and r.diff < 0:
-        return (f"Yes: the best single teacher ({single}) beats the best combination ({combo}), which is "
-                f"{diff} below it ({_evidence(r)}).")  # fmt: skip
-    return (f"One teacher is enough here: the best combination ({combo}) is {diff} against the best single "
-            f"teacher ({single}), not significant at {alpha} ({_evidence(r)}).")  # fmt: skip
+def _boundary(iv: Interval, how: Reading) -> str:
+    m = 100 * how.equivalence
+    if iv.lo <= 0 <= iv.hi:
+        return (
+            f"zero and ±{m:.2f} points" if (iv.lo <= -how.equivalence or iv.hi >= how.equivalence) else "zero"
+        )
+    return f"±{m:.2f} points"
+
+
+def q2(student: str, teacher: str, student_acc: float, teacher_acc: float, iv: Interval, how: Reading,
+       cost: str, limit: int | None = None) -> dict:  # fmt: skip
+    """Does the student beat its teacher: `iv` is (student) - (teacher)."""
+    r, ci = reading(iv, how.equivalence), _ci(iv)
+    gap = f"{100 * student_acc:.2f}% against {teacher}'s {100 * teacher_acc:.2f}% ({_pts(iv.diff)} points, {ci})"
+    if r == ABOVE:
+        return _settled(YES, f"{student} beats {teacher}: {gap}, {cost}", iv, how, limit)
+    if r == EQUIVALENT:
+        m = 100 * how.equivalence
+        return _settled(NO, f"{student} matches {teacher} within ±{m:.2f} points, no better: {gap}, {cost}",
+                        iv, how, limit)  # fmt: skip
+    if r == BELOW:
+        return _settled(NO, f"{student} stays below {teacher}: {gap}, {cost}", iv, how, limit)
+    return _settled(NOT_SETTLED, f"{student} reaches {gap}; the interval straddles {_boundary(iv, how)}. {cost}",
+                    iv, how, limit)  # fmt: skip
+
+
+def q3(single: str, combo: str, iv: Interval, how: Reading, limit: int | None = None) -> dict:
+    """Is one teacher enough: `iv` is (best combination) - (best single teacher)."""
+    r, diff, ci, m = reading(iv, how.equivalence), f"{_pts(iv.diff)} points", _ci(iv), 100 * how.equivalence
+    if r == ABOVE:
+        return _settled(NO, f"the best combination ({combo}) beats the best single teacher ({single}) by {diff} "
+                        f"({ci}).", iv, how, limit)  # fmt: skip
+    if r == EQUIVALENT:
+        return _settled(YES, f"the best combination ({combo}) is {diff} against the best single teacher "
+                        f"({single}) ({ci}): inside ±{m:.2f} points, no difference that matters.", iv, how, limit)  # fmt: skip
+    if r == BELOW:
+        return _settled(YES, f"the best single teacher ({single}) beats the best combination ({combo}), which is "
+                        f"{diff} below it ({ci}).", iv, how, limit)  # fmt: skip
+    return _settled(NOT_SETTLED, f"the best combination ({combo}) is {diff} against the best single teacher "
+                    f"({single}) ({ci}); the interval straddles {_boundary(iv, how)}.", iv, how, limit)  # fmt: skip
 
 
 def _ratio(a: float, b: float) -> str:
@@ -130,61 +209,119 @@ def cost_phrase(student_row: dict, teacher_row: dict) -> str:
     return ", ".join(parts) + "."
 
 
-def answer(rows: list[dict], alpha: float) -> dict:
-    """Per student: tables and the three answer sentences (a JSON-ready dict)."""
-    teachers = {r["teachers"]: r for r in rows if r["kind"] == "teacher"}
+def teacher_warnings(teachers: dict[str, list[dict]], alone: Group | None) -> list[str]:
+    """Teachers that look under-trained: near chance, or below the student trained alone."""
+    out = []
+    for name, runs in teachers.items():
+        acc = mean_std([float(r["test_acc"]) for r in runs])[0]
+        classes = int(runs[0].get("num_classes") or 0)
+        chance = 1.0 / classes if classes else 0.0
+        if classes and acc < 1.5 * chance:
+            out.append(f"Teacher {name} is near chance ({100 * acc:.2f}% with {classes} classes, chance "
+                       f"{100 * chance:.2f}%): it is probably under-trained (more teacher_fit epochs, a larger "
+                       "input_size, or adapt.mode finetune), so what it teaches says little.")  # fmt: skip
+        elif alone is not None and acc < alone.stat("test_acc")[0]:
+            out.append(f"Teacher {name} ({100 * acc:.2f}%) is below the student trained alone "
+                       f"({100 * alone.stat('test_acc')[0]:.2f}%): it may be under-trained (more teacher_fit "
+                       "epochs, a larger input_size, or adapt.mode finetune).")  # fmt: skip
+    return out
+
+
+def compared(groups: list[Group]) -> dict[str, list[Group]]:
+    """The configurations each question compares, chosen on validation accuracy."""
+    alone = next((g for g in groups if g.method == "none"), None)
+    transfer = [g for g in groups if g.method != "none"]
+    best, top = best_by_val(transfer), best_by_val(groups)
+    singles = [g for g in transfer if len(g.teachers) == 1]
+    combos = [g for g in transfer if len(g.teachers) > 1]
+    s, c = best_by_val(singles), best_by_val(combos)
+    return {
+        "q1": [g for g in (best, alone) if g is not None] if alone and best else [],
+        "q2": [top] if top is not None else [],
+        "q3": [c, s] if s is not None and c is not None else [],
+    }
+
+
+def questions(student: str, groups: list[Group], teachers: dict[str, list[dict]], how: Reading,
+              limit: int | None = None) -> dict:  # fmt: skip
+    """Q1-Q3 for one student's configurations: each a verdict, its interval and its sentence."""
+    alone = next((g for g in groups if g.method == "none"), None)
+    pick = compared(groups)
+    out: dict = {"q1": None, "q2": None, "q3": None}
+    if pick["q1"]:
+        best, _ = pick["q1"]
+        a = q1(f"{best.short} (best transfer on validation)", paired(best, alone, how), how, limit)
+        out["q1"] = {"best": best.short, **a}
+    if pick["q2"] and teachers:
+        (top,) = pick["q2"]
+        per_teacher = []
+        row0 = next(iter(top.rows.values()))
+        for name, runs in teachers.items():
+            t_acc = [float(r["test_acc"]) for r in runs]
+            iv = welch_interval(top.values("test_acc"), t_acc, how.level)
+            a = q2(f"{student} ({top.short})", name, top.stat("test_acc")[0], mean_std(t_acc)[0], iv, how,
+                   cost_phrase(row0, runs[0]), limit)  # fmt: skip
+            per_teacher.append({"teacher": name, "teacher_test_acc": mean_std(t_acc)[0],
+                                "teacher_seeds": [int(r["seed"]) for r in runs], **a})  # fmt: skip
+        strongest = max(
+            per_teacher, key=lambda t: mean_std([float(r["val_acc"]) for r in teachers[t["teacher"]]])[0]
+        )
+        out["q2"] = {"student": top.short, "teachers": per_teacher, "teacher": strongest["teacher"],
+                     **{k: strongest[k] for k in ("verdict", "reading", "interval", "sentence")}}  # fmt: skip
+    if pick["q3"]:
+        c, s = pick["q3"]
+        out["q3"] = {
+            "single": s.short,
+            "combination": c.short,
+            **q3(s.short, c.short, paired(c, s, how), how, limit),
+        }
+    else:
+        singles = any(len(g.teachers) == 1 for g in groups)
+        out["q3"] = {"verdict": "Not asked", "sentence": "Not asked: the study has no combination of teachers "
+                     "(a pool of one, or max_teachers 1)." if singles else
+                     "Not asked: the study has no student trained from a single teacher."}  # fmt: skip
+    return out
+
+
+def answer(rows: list[dict], how: Reading, limit: int | None = None) -> dict:
+    """Per student: tables and the three answers (a JSON-ready dict); `limit` is the most seeds a
+    configuration may get (sequential seeds), for the 'would take N seeds' advice."""
+    teachers = teacher_rows(rows)
     out = {}
     for student, groups in student_groups(rows).items():
         alone = next((g for g in groups if g.method == "none"), None)
-        transfer = [g for g in groups if g.method != "none"]
-        result: dict = {"configs": [], "q1": None, "q2": None, "q3": None}
+        result: dict = {"configs": [], "warnings": teacher_warnings(teachers, alone)}
         for g in groups:
             entry = {"label": g.short, "method": g.method, "teachers": list(g.teachers), "n": len(g.rows),
                      "seeds": sorted(g.rows)}  # fmt: skip
             for key in ("val_acc", "test_acc", "test_acc_last"):
                 entry[key] = dict(zip(("mean", "std"), g.stat(key), strict=True))
             if alone is not None and g is not alone:
-                entry["vs_alone"] = paired(g, alone).to_dict()
-                entry["vs_alone_last"] = paired(g, alone, "test_acc_last").to_dict()
+                entry["vs_alone"] = paired(g, alone, how).to_dict()
+                entry["vs_alone_last"] = paired(g, alone, how, "test_acc_last").to_dict()
             result["configs"].append(entry)
-        best = best_by_val(transfer)
-        if alone is not None and best is not None:
-            r = paired(best, alone)
-            result["q1"] = {"best": best.short, "test": r.to_dict(),
-                            "sentence": q1_sentence(f"{best.short} (best transfer on validation)", r, alpha)}  # fmt: skip
-        top = best_by_val(groups)
-        if top is not None and teachers:
-            per_teacher = []
-            row0 = next(iter(top.rows.values()))
-            for name, trow in teachers.items():
-                r = one_sample_t_test(top.values("test_acc"), float(trow["test_acc"]))
-                mean = top.stat("test_acc")[0]
-                sentence = q2_sentence(f"{student} ({top.short})", name, mean, float(trow["test_acc"]), r, alpha,
-                                       cost_phrase(row0, trow))  # fmt: skip
-                per_teacher.append({"teacher": name, "teacher_test_acc": float(trow["test_acc"]),
-                                    "test": r.to_dict(), "sentence": sentence})  # fmt: skip
-            strongest = max(per_teacher, key=lambda t: float(teachers[t["teacher"]]["val_acc"]))
-            result["q2"] = {"student": top.short, "teachers": per_teacher, "sentence": strongest["sentence"]}
-        singles = [g for g in transfer if len(g.teachers) == 1]
-        combos = [g for g in transfer if len(g.teachers) > 1]
+        result.update(questions(student, groups, teachers, how, limit))
         by_size = []
         for k in sorted({len(g.teachers) for g in groups}):
             size_groups = [g for g in groups if len(g.teachers) == k]
-            pick = best_by_val(size_groups)
-            assert pick is not None
+            best_k = best_by_val(size_groups)
+            assert best_k is not None
             means = [g.stat("test_acc")[0] for g in size_groups]
-            by_size.append({"n_teachers": k, "best": pick.short, "test_acc": dict(zip(("mean", "std"), pick.stat("test_acc"), strict=True)),
+            by_size.append({"n_teachers": k, "best": best_k.short, "test_acc": dict(zip(("mean", "std"), best_k.stat("test_acc"), strict=True)),
                             "all_configs_mean": sum(means) / len(means), "configs": len(size_groups)})  # fmt: skip
         result["by_size"] = by_size
-        if singles and combos:
-            s, c = best_by_val(singles), best_by_val(combos)
-            assert s is not None and c is not None
-            r = paired(c, s)
-            result["q3"] = {"single": s.short, "combination": c.short, "test": r.to_dict(),
-                            "sentence": q3_sentence(s.short, c.short, r, alpha)}  # fmt: skip
-        else:
-            result["q3"] = {"sentence": "Not asked: the study has no combination of teachers "
-                            "(a pool of one, or max_teachers 1)." if singles else
-                            "Not asked: the study has no student trained from a single teacher."}  # fmt: skip
         out[student] = result
     return out
+
+
+def unsettled_configs(rows: list[dict], how: Reading) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Keys (student, method, teachers) of the configurations compared by an unsettled question."""
+    teachers, quiet = teacher_rows(rows), replace(how, advice=False)
+    keys: dict[tuple, None] = {}
+    for student, groups in student_groups(rows).items():
+        pick, answers = compared(groups), questions(student, groups, teachers, quiet)
+        for q in ("q1", "q2", "q3"):
+            if answers[q] and answers[q].get("verdict") == NOT_SETTLED:
+                for g in pick[q]:
+                    keys[g.key] = None
+    return list(keys)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mtkd.engine.config import (
     DataConfig,
@@ -36,14 +36,36 @@ class LatencyConfig(Section):
     threads: int = Field(1, ge=1, description="CPU threads while timing (1: the edge-device case)")
 
 
+class SeedRange(Section):
+    """Sequential seeds: every configuration starts with seeds 0..min-1; the configurations the
+    questions compare get one more seed per look until every answer is settled or `max` is reached."""
+
+    min: int = Field(3, ge=2, le=100, description="seeds of every configuration before the first look")
+    max: int = Field(10, ge=2, le=100, description="at most this many seeds for a compared configuration")
+
+    @model_validator(mode="after")
+    def _order(self) -> SeedRange:
+        if self.max < self.min:
+            raise ValueError(f"seeds: max ({self.max}) is below min ({self.min})")
+        return self
+
+
 class StudyConfig(Section):
     """`mtkd study`: the grid that answers the paper's three questions."""
 
     name: str = Field("study", description="a name for the report's title")
     output: Path = Field(Path("runs/study"), description="the study folder (runs, state, report)")
     data: DataConfig = DataConfig()
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds of every student config")
-    teacher_seed: int = Field(0, ge=0, description="teachers are adapted once, with this seed")
+    seeds: list[int] | SeedRange = Field(
+        default_factory=lambda: [0, 1, 2],
+        description="seeds of every student config, or {min:, max:} to add seeds until the answers settle",
+    )
+    teacher_seed: int = Field(0, ge=0, description="the seed of the adapted teacher the students learn from")
+    teacher_seeds: int = Field(
+        1, ge=1, le=20,
+        description="adapt each teacher this many times (seeds teacher_seed, +1, ...); the students learn from "
+        "the first, the others measure the teacher's own seed-to-seed spread for Q2",
+    )  # fmt: skip
     max_teachers: int = Field(2, ge=1, le=8, description="combinations of the pool up to this size")
     methods: list[str | dict[str, Any]] = Field(
         default_factory=lambda: ["none", "features"],
@@ -66,15 +88,40 @@ class StudyConfig(Section):
         description="CPU compute threads of every run, part of its results; the same whatever --jobs is "
         "(default: all cores of the machine that starts the study, then kept)",
     )  # fmt: skip
-    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the answers")
+    alpha: float = Field(0.05, gt=0, lt=1, description="chance of a false answer allowed (over all looks)")
+    equivalence: float = Field(
+        0.5, ge=0, lt=100,
+        description="points of accuracy that matter: an interval inside +-equivalence reads 'no difference that matters'",
+    )  # fmt: skip
     latency: LatencyConfig = LatencyConfig()
 
     @field_validator("seeds")
     @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
-            raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+    def _seeds(cls, v: list[int] | SeedRange) -> list[int] | SeedRange:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v) or any(s < 0 for s in v)):
+            raise ValueError(
+                "seeds must be a non-empty list of distinct non-negative integers, or {min:, max:}"
+            )
         return v
+
+    @property
+    def sequential(self) -> bool:
+        return isinstance(self.seeds, SeedRange)
+
+    @property
+    def seed_pool(self) -> list[int]:
+        """Every seed a student configuration may get, in the order they are added."""
+        return list(range(self.seeds.max)) if isinstance(self.seeds, SeedRange) else list(self.seeds)
+
+    @property
+    def first_seeds(self) -> list[int]:
+        """The seeds every configuration gets before the first look."""
+        return list(range(self.seeds.min)) if isinstance(self.seeds, SeedRange) else list(self.seeds)
+
+    @property
+    def looks(self) -> int:
+        """How many times the answers may be read before they are final (1 for a fixed list)."""
+        return self.seeds.max - self.seeds.min + 1 if isinstance(self.seeds, SeedRange) else 1
 
 
 def _slug(text: str) -> str:

@@ -44,7 +44,8 @@ def _fixed_threads(tree: dict, threads: int) -> dict:
 
 
 def plan(cfg: StudyConfig) -> list[Job]:
-    """Every run of the study, each config complete and validated; the study's `threads` must be
+    """Every run the study may make, each config complete and validated (with sequential seeds,
+    every seed up to max: `first_jobs` and the looks pick which run); the study's `threads` must be
     settled (`run_study` does it), so a run's results do not depend on how many run at once."""
     assert cfg.threads is not None, "settle the study's threads first"
     folder = Path(cfg.output)
@@ -63,13 +64,17 @@ def plan(cfg: StudyConfig) -> list[Job]:
                 )
             )
             continue
-        job_id = f"teachers/{label}"
-        full = _merge(tree, {"data": data, "output": {"dir": str(folder / job_id)}})
-        full = _fixed_threads(full, cfg.threads)
-        full.setdefault("train", {})["seed"] = cfg.teacher_seed
-        config = _validated(TeacherFitConfig, full, f"study teacher {label}")
-        teacher_dirs[label] = str(folder / job_id)
-        jobs.append(Job(job_id, "teacher", config, info={"teacher": label, "given": False}))
+        for k in range(cfg.teacher_seeds):
+            # The students learn from the first; the others measure the teacher's seed-to-seed spread.
+            seed = cfg.teacher_seed + k
+            job_id = f"teachers/{label}" if k == 0 else f"teacher-seeds/{label}/seed{seed}"
+            full = _merge(tree, {"data": data, "output": {"dir": str(folder / job_id)}})
+            full = _fixed_threads(full, cfg.threads)
+            full.setdefault("train", {})["seed"] = seed
+            config = _validated(TeacherFitConfig, full, f"study teacher {label}")
+            if k == 0:
+                teacher_dirs[label] = str(folder / job_id)
+            jobs.append(Job(job_id, "teacher", config, info={"teacher": label, "given": False, "seed": seed}))
 
     methods = [method_label(m) for m in cfg.methods]
     if not any(spec == "none" or (isinstance(spec, dict) and spec["name"] == "none") for _, spec in methods):
@@ -86,7 +91,7 @@ def plan(cfg: StudyConfig) -> list[Job]:
             if not is_none and not teacher_dirs:
                 raise MtkdError(f"study method '{label}' needs teachers, and the study has none")
             for subset in sets:
-                for seed in cfg.seeds:
+                for seed in cfg.seed_pool:
                     team = "+".join(subset) if subset else "alone"
                     job_id = f"runs/{student}/{label}/{team}/seed{seed}"
                     full = _merge(tree, {
@@ -118,3 +123,9 @@ def _check_names(cfg: StudyConfig, jobs: list[Job]) -> None:
                     method_options(name, options)
         except MtkdError as exc:
             raise MtkdError(f"{where}: {exc}") from None
+
+
+def first_jobs(cfg: StudyConfig, jobs: list[Job]) -> list[Job]:
+    """The runs made before the first look: every teacher, every configuration's first seeds."""
+    first = set(cfg.first_seeds)
+    return [j for j in jobs if j.kind == "teacher" or j.info["seed"] in first]

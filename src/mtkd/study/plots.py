@@ -89,6 +89,9 @@ def learning_curves(groups: list[Group], study: Path, path: Path) -> Path:
         ax.plot(epochs, mean, color=f"C{i}", label=g.short)
         ax.fill_between(epochs, [100 * (m - s) for m, s in stats], [100 * (m + s) for m, s in stats],
                         color=f"C{i}", alpha=0.2)  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("learning curves (mean ± std over seeds)")

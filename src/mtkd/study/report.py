@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import time
 from pathlib import Path
 
 from mtkd.console import say
 from mtkd.io import atomic_write, read_json
 from mtkd.study import plots
-from mtkd.study.answers import Group, answer, best_by_val, student_groups
-from mtkd.study.config import StudyConfig
+from mtkd.study.answers import Group, Reading, answer, best_by_val, student_groups, teacher_rows
+from mtkd.study.config import SeedRange, StudyConfig
 from mtkd.study.plan import Job
 from mtkd.study.results import add_latency, collect, run_path, write_results
+from mtkd.study.stats import Interval, look_level, mean_std, reading
 
 Block = tuple
 
@@ -30,31 +32,71 @@ def _p(p: float) -> str:
     return "n/a" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
-def _diff(test: dict) -> str:
-    return f"{100 * test['diff']:+.2f} ± {100 * test['diff_std']:.2f}"
+def _diff(iv: dict) -> str:
+    return f"{100 * iv['diff']:+.2f}"
+
+
+def _ci(iv: dict) -> str:
+    if iv["lo"] == -math.inf:
+        return "n/a"
+    return f"[{100 * iv['lo']:+.2f}, {100 * iv['hi']:+.2f}]"
+
+
+READING = {"above": "above 0", "below": "below 0", "equivalent": "inside ±margin", "unsettled": "not settled"}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _over_seeds(runs: list[dict], key: str) -> str:
+    values = [float(x[key]) for x in runs]
+    return _acc(*mean_std(values)) if len(values) > 1 else _acc(values[0])
 
 
 def _teacher_rows(rows: list[dict], study: Path) -> list[list[str]]:
     out = []
-    for r in rows:
-        if r["kind"] != "teacher":
-            continue
-        cfg = read_json(run_path(study, r) / "best.json")
-        spec = cfg["model"]
+    for label, runs in teacher_rows(rows).items():
+        spec = read_json(run_path(study, runs[0]) / "best.json")["model"]
         how = f"{spec.get('mode', '?')}, {spec.get('head')} head, {spec.get('input_size')} px"
-        out.append([r["teachers"], how, f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M",
-                    f"{r['latency_ms']:.2f}", _acc(r["val_acc"]), _acc(r["test_acc"]), _acc(r["test_acc_last"])])  # fmt: skip
+        r = runs[0]
+
+        out.append([label, how, ", ".join(str(x["seed"]) for x in runs), f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M",
+                    f"{r['latency_ms']:.2f}", _over_seeds(runs, "val_acc"), _over_seeds(runs, "test_acc"), _over_seeds(runs, "test_acc_last")])  # fmt: skip
     return out
+
+
+def _seeds_text(cfg: StudyConfig) -> str:
+    if isinstance(cfg.seeds, SeedRange):
+        return (f"sequential seeds: {cfg.seeds.min} for every configuration, then one more per look for the "
+                f"configurations of the questions not settled, up to {cfg.seeds.max} ({cfg.looks} looks)")  # fmt: skip
+    return f"seeds {', '.join(map(str, cfg.seeds))}"
+
+
+def _how_to_read(cfg: StudyConfig, level: float) -> str:
+    looks = (f" The answers may be read at {cfg.looks} looks (sequential seeds), so each look uses alpha / "
+             f"{cfg.looks} (a Bonferroni split over looks): the chance of a false answer over all looks stays "
+             f"at most {cfg.alpha}, and the intervals are {100 * level:.4g}% intervals.") if cfg.looks > 1 else ""  # fmt: skip
+    return ("How to read: accuracies are test accuracy in %, mean ± standard deviation over seeds, of the weights from "
+            "the epoch with the best validation accuracy ('final' = the last epoch). The 'best' configuration is chosen "
+            "on mean validation accuracy, never on test. Differences are in percentage points with their "
+            f"{100 * level:.4g}% confidence interval (CI): paired over seeds for Q1 and Q3; for Q2 one-sample against "
+            "the teacher's accuracy, or Welch's two-sample interval when the teacher was adapted with several seeds. "
+            f"An interval inside ±{cfg.equivalence:.2f} points (the study's equivalence margin) reads as no difference "
+            "that matters, even if it excludes zero (the two one-sided tests reading); else an interval above zero is "
+            "a gain and one below zero a loss; an interval across a boundary is Not settled." + looks)  # fmt: skip
 
 
 def _blocks(
     cfg: StudyConfig, rows: list[dict], summaries: dict, answers: dict, failures: list[str], study: Path
 ) -> list[Block]:
-    seeds = ", ".join(map(str, cfg.seeds))
+    level = look_level(cfg.alpha, cfg.looks)
     b: list[Block] = [("h1", f"mtkd study: {cfg.name}")]
-    b.append(("p", f"Dataset {cfg.data.name}; seeds {seeds}; teachers adapted once (seed {cfg.teacher_seed}); "
-                   f"combinations of up to {cfg.max_teachers} teachers; significance level {cfg.alpha}. "
-                   f"Written {time.strftime('%Y-%m-%d %H:%M')} from {len(rows)} finished runs (results.csv)."))  # fmt: skip
+    b.append(("p", f"Dataset {cfg.data.name}; {_seeds_text(cfg)}; teachers adapted with "
+                   f"{_plural(cfg.teacher_seeds, 'seed')} from {cfg.teacher_seed} (the students learn from seed "
+                   f"{cfg.teacher_seed}); combinations of up to {_plural(cfg.max_teachers, 'teacher')}; alpha "
+                   f"{cfg.alpha}, equivalence margin ±{cfg.equivalence:.2f} points. Written "
+                   f"{time.strftime('%Y-%m-%d %H:%M')} from {len(rows)} finished runs (results.csv)."))  # fmt: skip
     if failures:
         b.append(("p", "**Incomplete**: these runs failed or were skipped and are missing from every table: "
                   + "; ".join(failures)))  # fmt: skip
@@ -69,17 +111,16 @@ def _blocks(
                 a[q]["sentence"] if a.get(q) else "Not asked: the study lacks the runs this question needs."
             )
             b.append(("p", f"**{title}** {sentence}"))
-    b.append(("p", "How to read: accuracies are test accuracy in %, mean ± standard deviation over seeds, of the "
-                   "weights from the epoch with the best validation accuracy ('final' = the last epoch). The 'best' "
-                   "configuration is chosen on mean validation accuracy, never on test. Q1 and Q3 use a paired "
-                   "t-test over seeds (two-sided); Q2 a one-sample t-test of the student's seeds against the teacher's "
-                   "accuracy, as teachers are adapted once. Differences are in percentage points."))  # fmt: skip
+        for warning in a.get("warnings", []):
+            b.append(("p", f"**Warning**: {warning}"))
+    b.append(("p", _how_to_read(cfg, level)))
     teacher_table = _teacher_rows(rows, study)
     if teacher_table:
         b.append(("h2", "Teachers"))
-        b.append(("table", ["teacher", "adapted", "params", "MACs/image", "latency ms/image", "val acc", "test acc", "test acc (final)"],
-                  teacher_table))  # fmt: skip
+        b.append(("table", ["teacher", "adapted", "seeds", "params", "MACs/image", "latency ms/image", "val acc",
+                            "test acc", "test acc (final)"], teacher_table))  # fmt: skip
     groups_by_student = student_groups(rows)
+    t_rows = teacher_rows(rows)
     for student, a in answers.items():
         groups = groups_by_student[student]
         b.append(("h2", f"Student {student}: every configuration"))
@@ -87,39 +128,34 @@ def _blocks(
         for c in a["configs"]:
             vs, vs_last = c.get("vs_alone"), c.get("vs_alone_last")
             table.append([c["label"], str(c["n"]), _acc(**c["val_acc"]), _acc(**c["test_acc"]), _acc(**c["test_acc_last"]),
-                          _diff(vs) if vs else "", _p(vs["p"]) if vs else "", _diff(vs_last) if vs_last else "",
-                          _p(vs_last["p"]) if vs_last else ""])  # fmt: skip
-        b.append(("table", ["configuration", "seeds", "val acc", "test acc", "test acc (final)", "vs alone (points)", "p",
-                            "vs alone, final", "p (final)"], table))  # fmt: skip
+                          _diff(vs) if vs else "", _ci(vs) if vs else "", READING[reading_of(vs, cfg)] if vs else "",
+                          _diff(vs_last) if vs_last else "", _ci(vs_last) if vs_last else ""])  # fmt: skip
+        b.append(("table", ["configuration", "seeds", "val acc", "test acc", "test acc (final)", "vs alone (points)",
+                            f"{100 * level:.4g}% CI", "reading", "vs alone, final", "CI (final)"], table))  # fmt: skip
         prefix = f"plots/{student}-"
-        if a.get("q1"):
-            b.append(("h3", "Q1. Transfer against the student alone"))
-            b.append(("p", a["q1"]["sentence"]))
         if a.get("q2"):
             b.append(("h3", "Q2. The student against each teacher"))
             b.append(("p", f"Student configuration: {a['q2']['student']} (best on validation)."))
             top = next(g for g in groups if g.short == a["q2"]["student"])
             srow = next(iter(top.rows.values()))
-            t_rows = {r["teachers"]: r for r in rows if r["kind"] == "teacher"}
             q2 = []
             for t in a["q2"]["teachers"]:
-                trow = t_rows[t["teacher"]]
-                q2.append([t["teacher"], _acc(t["teacher_test_acc"]), _acc(*top.stat("test_acc")), _diff(t["test"]),
-                           _p(t["test"]["p"]), f"{srow['params']:,} / {trow['params']:,}",
+                trow = t_rows[t["teacher"]][0]
+                q2.append([t["teacher"], _over_seeds(t_rows[t["teacher"]], "test_acc"), _acc(*top.stat("test_acc")), _diff(t["interval"]),
+                           _ci(t["interval"]), t["verdict"], f"{srow['params']:,} / {trow['params']:,}",
                            f"{srow['macs'] / 1e6:.1f}M / {trow['macs'] / 1e6:.1f}M",
                            f"{srow['latency_ms']:.2f} / {trow['latency_ms']:.2f}"])  # fmt: skip
-            b.append(("table", ["teacher", "teacher test acc", "student test acc", "student - teacher (points)", "p",
-                                "params (student / teacher)", "MACs (student / teacher)", "latency ms (student / teacher)"], q2))  # fmt: skip
-            for t in a["q2"]["teachers"]:
-                b.append(("p", t["sentence"]))
-        b.append(("h3", "Q3. Accuracy against the number of teachers"))
-        b.append(("p", a["q3"]["sentence"]))
-        b.append(("table", ["teachers", "best configuration (validation)", "its test acc", "mean over configurations", "configurations"],
-                  [[str(s["n_teachers"]), s["best"], _acc(**s["test_acc"]), _acc(s["all_configs_mean"]), str(s["configs"])]
-                   for s in a["by_size"]]))  # fmt: skip
-        b.append(("img", plots.accuracy_vs_teachers(groups, study / f"{prefix}teachers.png"),
-                  "Test accuracy against the number of teachers: per method the best teacher set of each size "
-                  "(mean ± std over seeds); dots are the other sets; the grey band is the student alone."))  # fmt: skip
+            b.append(("table", ["teacher", "teacher test acc", "student test acc", "student - teacher (points)",
+                                f"{100 * level:.4g}% CI", "beats it?", "params (student / teacher)",
+                                "MACs (student / teacher)", "latency ms (student / teacher)"], q2))  # fmt: skip
+        if a["q3"].get("verdict") != "Not asked":
+            b.append(("h3", "Q3. Accuracy against the number of teachers"))
+            b.append(("table", ["teachers", "best configuration (validation)", "its test acc", "mean over configurations", "configurations"],
+                      [[str(s["n_teachers"]), s["best"], _acc(**s["test_acc"]), _acc(s["all_configs_mean"]), str(s["configs"])]
+                       for s in a["by_size"]]))  # fmt: skip
+            b.append(("img", plots.accuracy_vs_teachers(groups, study / f"{prefix}teachers.png"),
+                      "Test accuracy against the number of teachers: per method the best teacher set of each size "
+                      "(mean ± std over seeds); dots are the other sets; the grey band is the student alone."))  # fmt: skip
         b.append(("h3", "Learning curves, per-class change, confusion"))
         b.append(("img", plots.learning_curves(groups, study, study / f"{prefix}curves.png"),
                   "Validation accuracy per epoch: the student alone and the best configuration of each method."))  # fmt: skip
@@ -145,6 +181,10 @@ def _blocks(
     return b
 
 
+def reading_of(iv: dict, cfg: StudyConfig) -> str:
+    return reading(Interval(**iv), cfg.equivalence / 100.0)
+
+
 def _cost_points(groups: list[Group], rows: list[dict]) -> list[dict]:
     points = []
     best = best_by_val([g for g in groups if g.method != "none"])
@@ -156,17 +196,10 @@ def _cost_points(groups: list[Group], rows: list[dict]) -> list[dict]:
         )
         points.append({"label": g.short, "kind": "student", "params": row["params"], "latency_ms": row["latency_ms"],
                        "acc": m, "std": s, "note": note})  # fmt: skip
-    for r in rows:
-        if r["kind"] == "teacher":
-            points.append(
-                {
-                    "label": r["teachers"],
-                    "kind": "teacher",
-                    "params": r["params"],
-                    "latency_ms": r["latency_ms"],
-                    "acc": r["test_acc"],
-                }
-            )
+    for label, runs in teacher_rows(rows).items():
+        m, s = mean_std([float(r["test_acc"]) for r in runs])
+        points.append({"label": label, "kind": "teacher", "params": runs[0]["params"],
+                       "latency_ms": runs[0]["latency_ms"], "acc": m, "std": s})  # fmt: skip
     return points
 
 
@@ -202,13 +235,14 @@ def _inline(text: str) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1.5em 0}
+th{background:#f3f3f3}td{white-space:nowrap}td:first-child,th:first-child{text-align:left;white-space:normal}
+.wide{overflow-x:auto}img{max-width:100%}figure{margin:1.5em 0}
 figcaption{font-size:0.9em;color:#555}code,pre{background:#f6f6f6;padding:2px 4px}"""
 
 
 def to_html(blocks: list[Block], title: str) -> str:
     out = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
     ]
     for block in blocks:
         kind = block[0]
@@ -223,7 +257,9 @@ def to_html(blocks: list[Block], title: str) -> str:
             body = "".join(
                 "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2]
             )
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(
+                f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+            )
         elif kind == "img":
             data = base64.b64encode(Path(block[1]).read_bytes()).decode()
             out.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
@@ -240,10 +276,12 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str]) -> dict
         return {}
     say("report: timing inference of each architecture (once) and drawing the plots")
     add_latency(rows, study, cfg.latency)
-    answers = answer(rows, cfg.alpha)
+    limit = cfg.seeds.max if isinstance(cfg.seeds, SeedRange) else None
+    answers = answer(rows, Reading(cfg.alpha, cfg.equivalence / 100.0, cfg.looks), limit)
     (study / "plots").mkdir(exist_ok=True)
     blocks = _blocks(cfg, rows, summaries, answers, failures, study)
-    write_results(rows, study, {"alpha": cfg.alpha, "answers": answers, "failures": failures})
+    write_results(rows, study, {"alpha": cfg.alpha, "equivalence": cfg.equivalence, "looks": cfg.looks,
+                                "level": look_level(cfg.alpha, cfg.looks), "answers": answers, "failures": failures})  # fmt: skip
     atomic_write(study / "report.md", to_markdown(blocks, study))
     atomic_write(study / "report.html", to_html(blocks, f"mtkd study: {cfg.name}"))
     for student, a in answers.items():
@@ -251,5 +289,7 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str]) -> dict
         for q in ("q1", "q2", "q3"):
             if a.get(q):
                 say(f"  {q.upper()}. {a[q]['sentence']}")
+        for warning in a.get("warnings", []):
+            say(f"  [yellow]warning[/yellow]: {warning}")
     say(f"report: {study / 'report.html'} (also report.md, results.csv, results.json, plots/)")
     return answers

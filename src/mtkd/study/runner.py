@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mtkd.console import say
@@ -20,8 +21,10 @@ from mtkd.engine.launch import torchrun_command
 from mtkd.engine.signals import StopRequests
 from mtkd.errors import Interrupted, MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
+from mtkd.study.answers import Reading, unsettled_configs
 from mtkd.study.config import StudyConfig, settle_threads
-from mtkd.study.plan import Job, plan
+from mtkd.study.plan import Job, first_jobs, plan
+from mtkd.study.results import collect
 
 
 def job_folder(study: Path, job: Job) -> Path:
@@ -86,7 +89,8 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
     Submit each command as a job of its own (with torchrun options for several nodes), then
     `mtkd study CONFIG --report-only` collects the results into one report.
     """
-    jobs = plan(settle_threads(cfg))
+    cfg = settle_threads(cfg)
+    jobs, _ = settle(cfg, plan(cfg), None)
     todo = [j for j in jobs if job_status(j) != "done"]
     stage: dict[str, int] = {}
     for job in jobs:  # the plan lists every run after the runs it needs
@@ -101,6 +105,10 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
             launcher = "mtkd" if nproc == 1 else f"torchrun --nproc_per_node={nproc} -m mtkd"
             resume = " --resume" if job_status(job) == "partial" else ""
             lines.append(f"{launcher} {' '.join(_args(job, spec))}{resume}")
+    if cfg.sequential:
+        lines.append(
+            "# sequential seeds: when these are done, run this --plan again for the next look's runs"
+        )
     lines.append(f"# then: mtkd study {config_path} --out {cfg.output} --report-only")
     return lines
 
@@ -265,6 +273,50 @@ def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1) ->
     return _Runner(cfg, jobs, workers, nproc).run()
 
 
+def reading_of(cfg: StudyConfig) -> Reading:
+    return Reading(cfg.alpha, cfg.equivalence / 100.0, cfg.looks)
+
+
+def settle(
+    cfg: StudyConfig, jobs: list[Job], run: Callable[[list[Job]], list[str]] | None,
+    rows_of: Callable[[list[Job]], list[dict]] | None = None,
+) -> tuple[list[Job], list[str]]:  # fmt: skip
+    """The runs that answer the questions, run with `run` (None: run nothing, replay what is done).
+
+    A fixed list of seeds is one look. With `seeds: {min, max}` the first `min` seeds of every
+    configuration come first; at look k the configurations of every unsettled question are
+    brought to min + k seeds, until every question is settled or max is reached. Each look
+    reads only the runs the looks before it asked for, so a rerun, an interrupted study or a
+    report replays the same decisions. `rows_of` gives the finished runs' rows (default: read from
+    their folders; the tests simulate studies through it).
+    """
+    wanted = first_jobs(cfg, jobs)
+    failures = run(wanted) if run else []
+    if not cfg.sequential:
+        return wanted, failures
+    by_key = {(j.info["student"], j.info["method"], tuple(j.info["teachers"]), j.info["seed"]): j
+              for j in jobs if j.kind == "student"}  # fmt: skip
+    how, pool = reading_of(cfg), cfg.seed_pool
+    rows_of = rows_of or (lambda some: collect(some, Path(cfg.output))[0])
+    for look in range(1, cfg.looks):
+        if failures:
+            break
+        rows = rows_of(wanted)
+        if run is None and len([r for r in rows if r["kind"] == "student"]) < sum(
+            j.kind == "student" for j in wanted
+        ):
+            break  # a report of a study still running: no look past what has been run
+        have = {j.id for j in wanted}
+        add = [by_key[(*key, seed)] for key in unsettled_configs(rows, how)
+               for seed in pool[: cfg.seeds.min + look] if by_key[(*key, seed)].id not in have]  # fmt: skip
+        if not add:
+            break
+        say(f"look {look}: {len(add)} more run(s) for the questions not settled yet")
+        wanted += add
+        failures = run(wanted) if run else []
+    return wanted, failures
+
+
 def run_study(
     cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True, nproc: int = 1
 ) -> dict:
@@ -279,12 +331,14 @@ def run_study(
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock", f"study {folder}", wait=False):
         atomic_write(folder / "study.yaml", to_yaml(cfg))
-        failures = run_jobs(cfg, jobs, workers, nproc) if run else []
+        wanted, failures = settle(
+            cfg, jobs, (lambda some: run_jobs(cfg, some, workers, nproc)) if run else None
+        )
         answers: dict = {}
         if report:
             from mtkd.study.report import write_report
 
-            answers = write_report(cfg, jobs, failures)
+            answers = write_report(cfg, wanted, failures)
     if failures:
         raise MtkdError(
             f"{len(failures)} run(s) failed, first {failures[0]} (state in {folder / 'state.json'})"
