@@ -157,6 +157,18 @@ def test_best_configuration_is_chosen_on_validation_not_test():
     assert [s["n_teachers"] for s in a["by_size"]] == [0, 1, 2]
 
 
+def test_under_trained_teachers_are_flagged_and_q3_not_asked_without_combinations():
+    rows = [_row("none", "", s, 0.90, 0.90 + 0.001 * s) for s in range(3)]
+    rows += [_row("kd", t, s, 0.91, 0.91) for t in ("a", "b") for s in range(3)]
+    teacher = {**_row("", "", 0, 0.5, 0.5), "kind": "teacher", "num_classes": 10}
+    rows += [{**teacher, "teachers": "a", "test_acc": 0.12}, {**teacher, "teachers": "b", "test_acc": 0.85}]
+    a = answer(rows, Reading())["s"]
+    assert a["warnings"][0].startswith("Teacher a is near chance (12.00% with 10 classes, chance 10.00%)")
+    assert a["warnings"][1].startswith("Teacher b (85.00%) is below the student trained alone (90.10%)")
+    assert len(a["warnings"]) == 2
+    assert a["q3"]["verdict"] == "Not asked" and "no combination of teachers" in a["q3"]["sentence"]
+
+
 STUDY = {
     "data": {"name": "digits"},
     "seeds": {"min": 2, "max": 3},
