@@ -43,7 +43,7 @@ def collect(jobs: list[Job], study: Path) -> tuple[list[dict], dict[str, dict]]:
         teachers = info.get("teachers", [])
         if job.kind == "student":
             seed = info["seed"]
-        else:  # adapted once, by the study or given by the user
+        else:  # adapted by the study (one row per teacher seed) or given by the user
             seed = read_json(folder / "best.json")["config"]["train"]["seed"]
         rows.append({
             "kind": job.kind, "student": info.get("student", ""), "model": s["name"],
