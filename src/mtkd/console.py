@@ -1,14 +1,43 @@
-"""The terminal: one-line messages and progress bars (on stderr, so stdout stays for results)."""
+"""The terminal: one-line messages and progress bars (on stderr, so stdout stays for results).
+
+Messages go through Python's logging, logger "mtkd" (level INFO; only rank 0 under torchrun):
+its own handler prints them on the rich console, and a program may add handlers of its own
+(they get the text without console markup) or raise the level to quiet mtkd.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 console = Console(stderr=True)
+logger = logging.getLogger("mtkd")
+
+
+class _RankZero(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _main_process()
+
+
+class _ConsoleHandler(logging.Handler):
+    """Prints mtkd's records on the rich console, with their markup (colours, bold)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.print(getattr(record, "markup", record.getMessage()), highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
+
+
+logger.addFilter(_RankZero())
+logger.addHandler(_ConsoleHandler())
+logger.setLevel(logging.INFO)
+logger.propagate = False  # printed once, by the handler above; add handlers to "mtkd" to get them too
 
 
 def make_progress(enabled: bool) -> Progress:
@@ -31,8 +60,8 @@ def _main_process() -> bool:
 
 
 def say(message: str) -> None:
-    if _main_process():
-        console.print(message, highlight=False, soft_wrap=True)
+    """One message (rich markup allowed) to the "mtkd" logger, at INFO."""
+    logger.info(Text.from_markup(message).plain, extra={"markup": message})
 
 
 class Milestones:
