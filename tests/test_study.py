@@ -291,6 +291,8 @@ def test_bad_study_config_is_one_line_and_runs_nothing(tmp_path, capsys):
         ({"students": ["cnn_small", "cnn_tiny"]}, "study student cnn_tiny/none/alone/seed0: unknown model 'cnn_tiny'"),
         ({"methods": [{"name": "features", "combine": "mean"}]}, "method 'features': bad value for 'combine'"),
         ({"data": {"name": f"folder:{tmp_path / 'photos'}"}}, "image folder not found"),
+        ({"seeds": {"min": 5, "max": 3}}, "bad value for 'seeds': {min:, max:} max (3) is below min (5)"),
+        ({"seeds": {"min": 3, "max": 5, "step": 2}}, "{min:, max:} step: Extra inputs are not permitted"),
     ]:  # fmt: skip
         config.write_text(yaml.safe_dump({**STUDY, "output": str(tmp_path / "out"), **change}))
         code, _, err = run_cli(["study", config], capsys)

@@ -46,7 +46,7 @@ class SeedRange(Section):
     @model_validator(mode="after")
     def _order(self) -> SeedRange:
         if self.max < self.min:
-            raise ValueError(f"seeds: max ({self.max}) is below min ({self.min})")
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
         return self
 
 
@@ -94,6 +94,21 @@ class StudyConfig(Section):
         description="points of accuracy that matter: an interval inside +-equivalence reads 'no difference that matters'",
     )  # fmt: skip
     latency: LatencyConfig = LatencyConfig()
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_range(cls, v: Any) -> Any:
+        """A mapping is a SeedRange: its own error, not the list branch's 'must be a valid list'."""
+        if not isinstance(v, dict):
+            return v
+        try:
+            return SeedRange.model_validate(v)
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(map(str, e["loc"]))
+            raise ValueError(
+                f"{{min:, max:}} {key + ': ' if key else ''}{e['msg']}".replace("Value error, ", "")
+            ) from None
 
     @field_validator("seeds")
     @classmethod
