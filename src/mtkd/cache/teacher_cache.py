@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +96,16 @@ class TeacherCache:
 def teacher_identity(net: TeacherNet) -> str:
     """SHA-256 of what decides a frozen teacher's outputs: its module tree (layers and their
     settings), its input size and normalisation, and every parameter and buffer. Never a name."""
-    digest = hashlib.sha256(repr(net).encode())
+    return _digest(net, repr(net), lambda name: True)
+
+
+def _digest(net: TeacherNet, structure: str, keep: Callable[[str], bool]) -> str:
+    """SHA-256 of a structure string, the input size and normalisation, and the kept tensors."""
+    digest = hashlib.sha256(structure.encode())
     digest.update(f"{net.input_size}|{net.mean.tolist()}|{net.std.tolist()}".encode())
     for name, tensor in net.state_dict().items():
+        if not keep(name):
+            continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -107,15 +115,7 @@ def teacher_identity(net: TeacherNet) -> str:
 def backbone_identity(net: TeacherNet) -> str:
     """SHA-256 of what decides a teacher's pooled features (everything but its head): the key of
     its clean-image features, shared by every head trained on them (probe fits, seeds)."""
-    digest = hashlib.sha256(f"{net.body!r}|{net.pool!r}".encode())
-    digest.update(f"{net.input_size}|{net.mean.tolist()}|{net.std.tolist()}".encode())
-    for name, tensor in net.state_dict().items():
-        if name.startswith("head."):
-            continue
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return _digest(net, f"{net.body!r}|{net.pool!r}", lambda name: not name.startswith("head."))
 
 
 def clean_features(

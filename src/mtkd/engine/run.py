@@ -215,10 +215,10 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack) -> dict:
 
 @torch.inference_mode()
 def _extract(
-    teacher: TeacherNet, images: torch.Tensor, batch_size: int, pooled: bool, device: torch.device, label: str,
-    place: Dist,
+    teacher: TeacherNet, images: torch.Tensor, batch_size: int, device: torch.device, label: str, place: Dist
 ) -> torch.Tensor:  # fmt: skip
-    """The frozen backbone's output for every image, computed once (probe mode), shared among processes."""
+    """The frozen backbone's feature map for every image, computed once (a probe with a flatten
+    head; a gap head's pooled features come from `clean_features`), shared among processes."""
     teacher.eval()
     images = images[place.shard(len(images))]
     say(f"{label}: {len(images)} images through the frozen backbone, once")
@@ -230,7 +230,7 @@ def _extract(
         lines = Milestones(label, len(images))
         for index in batch_indices(len(images), batch_size, False):
             fmap = teacher.forward_features(images[index].to(device).float() / 255.0)
-            out.append((teacher.forward_head(fmap, pre_logits=True) if pooled else fmap).cpu())
+            out.append(fmap.cpu())
             done += len(index)
             ips = done / (time.perf_counter() - start)
             progress.update(task, advance=len(index), ips=ips)
@@ -275,7 +275,7 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
             part, label = dataset.split(split), f"{t.name} features ({split})"
             if t.head == "gap":  # cached under the backbone: shared by seeds and by students' view 0
                 return clean_features(teacher, part.images, part.labels, device, label, place)
-            return _extract(teacher, part.images, cfg.adapt.feature_batch_size, False, device, label, place)
+            return _extract(teacher, part.images, cfg.adapt.feature_batch_size, device, label, place)
 
         data = FitData(features("train"), dataset.train.labels, features("val"), dataset.val.labels)
         trained: nn.Module = teacher.head

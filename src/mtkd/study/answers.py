@@ -11,6 +11,7 @@ why, with the interval, and how many seeds would likely settle what is not settl
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from mtkd.study.stats import (
     ABOVE,
@@ -24,6 +25,9 @@ from mtkd.study.stats import (
     seeds_to_settle,
     welch_interval,
 )
+
+if TYPE_CHECKING:
+    from mtkd.study.config import StudyConfig
 
 YES, NO, NOT_SETTLED = "Yes", "No", "Not settled"
 
@@ -98,6 +102,11 @@ class Reading:
     @property
     def level(self) -> float:
         return look_level(self.alpha, self.looks)
+
+
+def reading_of(cfg: StudyConfig) -> Reading:
+    """How a study reads its answers: its alpha, equivalence (points -> accuracy) and looks."""
+    return Reading(cfg.alpha, cfg.equivalence / 100.0, cfg.looks)
 
 
 def paired(a: Group, b: Group, how: Reading, key: str = "test_acc") -> Interval:
@@ -243,10 +252,11 @@ def compared(groups: list[Group]) -> dict[str, list[Group]]:
 
 
 def questions(student: str, groups: list[Group], teachers: dict[str, list[dict]], how: Reading,
-              limit: int | None = None) -> dict:  # fmt: skip
-    """Q1-Q3 for one student's configurations: each a verdict, its interval and its sentence."""
+              limit: int | None = None, pick: dict[str, list[Group]] | None = None) -> dict:  # fmt: skip
+    """Q1-Q3 for one student's configurations (`pick`: their `compared`, if known): each a
+    verdict, its interval and its sentence."""
     alone = next((g for g in groups if g.method == "none"), None)
-    pick = compared(groups)
+    pick = compared(groups) if pick is None else pick
     out: dict = {"q1": None, "q2": None, "q3": None}
     if pick["q1"]:
         best, _ = pick["q1"]
@@ -297,8 +307,9 @@ def answer(rows: list[dict], how: Reading, limit: int | None = None) -> dict:
             for key in ("val_acc", "test_acc", "test_acc_last"):
                 entry[key] = dict(zip(("mean", "std"), g.stat(key), strict=True))
             if alone is not None and g is not alone:
-                entry["vs_alone"] = paired(g, alone, how).to_dict()
-                entry["vs_alone_last"] = paired(g, alone, how, "test_acc_last").to_dict()
+                for name, key in (("vs_alone", "test_acc"), ("vs_alone_last", "test_acc_last")):
+                    iv = paired(g, alone, how, key)
+                    entry[name] = {**iv.to_dict(), "reading": reading(iv, how.equivalence)}
             result["configs"].append(entry)
         result.update(questions(student, groups, teachers, how, limit))
         by_size = []
@@ -319,7 +330,8 @@ def unsettled_configs(rows: list[dict], how: Reading) -> list[tuple[str, str, tu
     teachers, quiet = teacher_rows(rows), replace(how, advice=False)
     keys: dict[tuple, None] = {}
     for student, groups in student_groups(rows).items():
-        pick, answers = compared(groups), questions(student, groups, teachers, quiet)
+        pick = compared(groups)
+        answers = questions(student, groups, teachers, quiet, pick=pick)
         for q in ("q1", "q2", "q3"):
             if answers[q] and answers[q].get("verdict") == NOT_SETTLED:
                 for g in pick[q]:

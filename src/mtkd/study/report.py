@@ -15,11 +15,11 @@ from pathlib import Path
 from mtkd.console import say
 from mtkd.io import atomic_write, read_json
 from mtkd.study import plots
-from mtkd.study.answers import Group, Reading, answer, best_by_val, student_groups, teacher_rows
+from mtkd.study.answers import Group, answer, best_by_val, reading_of, student_groups, teacher_rows
 from mtkd.study.config import SeedRange, StudyConfig
 from mtkd.study.plan import Job
 from mtkd.study.results import add_latency, collect, run_path, write_results
-from mtkd.study.stats import Interval, look_level, mean_std, reading
+from mtkd.study.stats import look_level, mean_std
 
 Block = tuple
 
@@ -129,7 +129,7 @@ def _blocks(
         for c in a["configs"]:
             vs, vs_last = c.get("vs_alone"), c.get("vs_alone_last")
             table.append([c["label"], str(c["n"]), _acc(**c["val_acc"]), _acc(**c["test_acc"]), _acc(**c["test_acc_last"]),
-                          _diff(vs) if vs else "", _ci(vs) if vs else "", READING[reading_of(vs, cfg)] if vs else "",
+                          _diff(vs) if vs else "", _ci(vs) if vs else "", READING[vs["reading"]] if vs else "",
                           _diff(vs_last) if vs_last else "", _ci(vs_last) if vs_last else ""])  # fmt: skip
         b.append(("table", ["configuration", "seeds", "val acc", "test acc", "test acc (final)", "vs alone (points)",
                             f"{100 * level:.4g}% CI", "reading", "vs alone, final", "CI (final)"], table))  # fmt: skip
@@ -180,10 +180,6 @@ def _blocks(
     b.append(("p", "Every run is an ordinary mtkd run folder (config.yaml, checkpoints, metrics.csv, TensorBoard logs); "
                    "results.csv has one row per run and results.json the same rows with these answers."))  # fmt: skip
     return b
-
-
-def reading_of(iv: dict, cfg: StudyConfig) -> str:
-    return reading(Interval(**iv), cfg.equivalence / 100.0)
 
 
 def _cost_points(groups: list[Group], rows: list[dict]) -> list[dict]:
@@ -278,7 +274,7 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str]) -> dict
     say("report: timing inference of each architecture (once) and drawing the plots")
     add_latency(rows, study, cfg.latency)
     limit = cfg.seeds.max if isinstance(cfg.seeds, SeedRange) else None
-    answers = answer(rows, Reading(cfg.alpha, cfg.equivalence / 100.0, cfg.looks), limit)
+    answers = answer(rows, reading_of(cfg), limit)
     (study / "plots").mkdir(exist_ok=True)
     blocks = _blocks(cfg, rows, summaries, answers, failures, study)
     write_results(rows, study, {"alpha": cfg.alpha, "equivalence": cfg.equivalence, "looks": cfg.looks,

@@ -21,7 +21,7 @@ from mtkd.engine.launch import torchrun_command
 from mtkd.engine.signals import StopRequests
 from mtkd.errors import Interrupted, MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
-from mtkd.study.answers import Reading, unsettled_configs
+from mtkd.study.answers import reading_of, unsettled_configs
 from mtkd.study.config import StudyConfig, settle_threads
 from mtkd.study.plan import Job, first_jobs, plan
 from mtkd.study.results import collect
@@ -271,10 +271,6 @@ class _Runner:
 def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1) -> list[str]:
     """Run every unfinished job (teachers before the students that need them); returns failures."""
     return _Runner(cfg, jobs, workers, nproc).run()
-
-
-def reading_of(cfg: StudyConfig) -> Reading:
-    return Reading(cfg.alpha, cfg.equivalence / 100.0, cfg.looks)
 
 
 def settle(
