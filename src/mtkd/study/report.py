@@ -28,10 +28,6 @@ def _acc(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def _p(p: float) -> str:
-    return "n/a" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
-
-
 def _diff(iv: dict) -> str:
     return f"{100 * iv['diff']:+.2f}"
 
