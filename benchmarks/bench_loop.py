@@ -75,7 +75,7 @@ def mtkd_loop(model, ds, epochs: int, bs: int, folder: Path) -> list[float]:  # 
     from mtkd.data.batches import Normalize
     from mtkd.engine.builders import ImageTransform
     from mtkd.engine.config import TrainConfig, build_config
-    from mtkd.engine.trainer import FitData, Trainer
+    from mtkd.engine.trainer import FitData, Trainer, classifier_task
 
     cfg = build_config(
         TrainConfig,
@@ -84,10 +84,11 @@ def mtkd_loop(model, ds, epochs: int, bs: int, folder: Path) -> list[float]:  # 
     )  # fmt: skip
     data = FitData(ds.train.images, ds.train.labels, ds.val.images, ds.val.labels)
     out = cfg.output.model_copy(update={"dir": folder})
+    transform = ImageTransform(Normalize(ds.mean, ds.std))
+    task = classifier_task(model, transform, [{"params": list(model.parameters())}], 0.0)
     trainer = Trainer(
-        model, data, ImageTransform(Normalize(ds.mean, ds.std)), [{"params": list(model.parameters())}],
-        cfg.optim, cfg.schedule, cfg.train, out, {"kind": "student", "model": {}, "data": {}, "config": {}},
-        torch.device("cpu"),
+        task, data, cfg.optim, cfg.schedule, cfg.train, out,
+        {"kind": "student", "model": {}, "data": {}, "config": {}}, torch.device("cpu"),
     )  # fmt: skip
     trainer.fit()
     with open(folder / "metrics.csv") as fh:

@@ -80,8 +80,9 @@ def child(args: argparse.Namespace) -> None:
     """One training run; prints its epoch times and peak RSS as JSON."""
     from mtkd.data.batches import Normalize
     from mtkd.engine.builders import ImageTransform
-    from mtkd.engine.trainer import FitData, Trainer
-    from mtkd.engine.transfer import TransferLoss, build_methods
+    from mtkd.engine.trainer import FitData, Trainer, classifier_task
+    from mtkd.engine.transfer import build_methods, transfer_task
+    from mtkd.models.adapters import OutputsView
     from mtkd.models.zoo import create_student
 
     k, method, mode = args.child
@@ -101,16 +102,17 @@ def child(args: argparse.Namespace) -> None:
     student = create_student("cnn_small", ds.num_classes, ds.channels)
     methods = build_methods(cfg, student.num_features, teachers, ds.num_classes)
     normalize = Normalize(ds.mean, ds.std)
-    loss_fn = (
-        TransferLoss(student, methods, teachers, ds, normalize, cfg, ds.hflip, dev) if teachers else None
-    )
+    if teachers:
+        view = OutputsView(student)
+        task = transfer_task(student, view, methods, teachers, ds, normalize, cfg, ds.hflip, dev)
+    else:
+        transform = ImageTransform(normalize, cfg.train.crop_padding, ds.hflip)
+        task = classifier_task(student, transform, [{"params": list(student.parameters())}], 0.0)
     data = FitData(ds.train.images, ds.train.labels, ds.val.images, ds.val.labels)
-    params = list(student.parameters()) + list(methods.parameters())
     out = cfg.output.model_copy(update={"dir": Path(args.out)})
     trainer = Trainer(
-        student, data, ImageTransform(normalize, cfg.train.crop_padding, ds.hflip), [{"params": params}],
-        cfg.optim, cfg.schedule, cfg.train, out, {"kind": "student", "model": {}, "data": {}, "config": {}}, dev,
-        loss_fn=loss_fn, extra=methods if teachers else None,
+        task, data, cfg.optim, cfg.schedule, cfg.train, out,
+        {"kind": "student", "model": {}, "data": {}, "config": {}}, dev,
     )  # fmt: skip
     trainer.fit()
     import csv

@@ -14,9 +14,10 @@ from mtkd.cache.teacher_cache import CacheSpec, _load, build_cache
 from mtkd.data import load_dataset
 from mtkd.data.batches import Normalize, epoch_generator
 from mtkd.engine.config import TrainConfig, build_config
-from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
+from mtkd.engine.transfer import build_methods, load_teachers, transfer_task
 from mtkd.io import cache_dir
 from mtkd.methods.base import Step
+from mtkd.models.adapters import OutputsView
 from mtkd.models.pretrained import OFFLINE_WEIGHTS
 from mtkd.models.zoo import create_student
 
@@ -52,11 +53,12 @@ def _first_batch_terms(teacher_dir, mode, dtype):
     student = create_student("cnn_small", 10, 1)
     teachers = load_teachers(cfg.transfer.teachers, ds, dev)
     methods = build_methods(cfg, student.num_features, teachers, 10)
-    loss = TransferLoss(student, methods, teachers, ds, Normalize(ds.mean, ds.std), cfg, False, dev)
+    view = OutputsView(student)
+    task = transfer_task(student, view, methods, teachers, ds, Normalize(ds.mean, ds.std), cfg, False, dev)
     index = torch.arange(32)
-    views = loss.draw(len(index), epoch_generator(0, 1))
+    views = task.loss.draw(len(index), epoch_generator(0, 1))
     step = Step(epoch=2)  # camkd's feature term starts in epoch 2
-    _, terms = loss(loss.module, index, ds.train.images[index], ds.train.labels[index], views, step)
+    _, terms = task.loss(task.trainable, index, ds.train.images[index], ds.train.labels[index], views, step)
     return {k: v.item() for k, v in terms.items()}
 
 

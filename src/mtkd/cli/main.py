@@ -16,20 +16,13 @@ from rich.table import Table
 
 from mtkd.errors import MtkdError
 
-ALIASES = {
-    "train": {
-        "--dataset": "data.name", "--data-dir": "data.data_dir", "--model": "model.name",
-        "--epochs": "schedule.epochs", "--lr": "optim.lr", "--batch-size": "train.batch_size",
-        "--seed": "train.seed", "--device": "train.device", "--out": "output.dir",
-        "--teachers": "transfer.teachers", "--methods": "transfer.methods", "--teacher-mode": "transfer.teacher_mode",
-    },
-    "teacher fit": {
-        "--dataset": "data.name", "--data-dir": "data.data_dir", "--teacher": "teacher.name",
-        "--mode": "adapt.mode", "--head": "teacher.head", "--input-size": "teacher.input_size",
-        "--epochs": "schedule.epochs", "--lr": "optim.lr", "--batch-size": "train.batch_size",
-        "--seed": "train.seed", "--device": "train.device", "--out": "output.dir",
-    },
-}  # fmt: skip
+
+def _aliases(command: str) -> dict[str, str]:
+    """--flag -> dotted key, from the short names the CLI and the Python API share."""
+    from mtkd.engine.config import SHORT_KEYS
+
+    return {"--" + k.replace("_", "-"): v for k, v in SHORT_KEYS[command].items()}
+
 
 out = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -156,7 +149,7 @@ def cmd_teacher_fit(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mtkd.engine.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.split, args.device)
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.device, data=args.data)
     out.print(f"{report['checkpoint']} on {args.split} ({report['count']} images): "
               f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")  # fmt: skip
     classes = list(report["per_class"])
@@ -250,13 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a student")
-    _add_config_flags(p, TrainConfig, ALIASES["train"])
+    _add_config_flags(p, TrainConfig, _aliases("train"))
     p.set_defaults(func=cmd_train)
 
     teacher = sub.add_parser("teacher", help="adapt pretrained teachers to a dataset")
     tsub = teacher.add_subparsers(dest="teacher_command", required=True)
     p = tsub.add_parser("fit", help="adapt a teacher: new head on a frozen backbone (probe) or fine-tuning")
-    _add_config_flags(p, TeacherFitConfig, ALIASES["teacher fit"])
+    _add_config_flags(p, TeacherFitConfig, _aliases("teacher fit"))
     p.set_defaults(func=cmd_teacher_fit)
 
     p = sub.add_parser(
@@ -265,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run folder, or a .json/.safetensors checkpoint")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--data",
+        metavar="NAME",
+        help="evaluate on this dataset (name, plugin or folder:PATH) instead of the run's",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files with a checkpoint")

@@ -6,11 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mtkd.data import sources
 from mtkd.data.base import Dataset, carve_validation
+from mtkd.data.convert import as_dataset
 from mtkd.data.folder import find_splits, load_image_folder
 from mtkd.errors import MtkdError
+from mtkd.registry import Registry, short_doc
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,8 @@ def _locate_fashion_mnist(data_dir: Path | None) -> str | None:
     return str(folder) if folder else None
 
 
-DATASETS: dict[str, DatasetEntry] = {
-    e.name: e
-    for e in [
+DATASETS: Registry[DatasetEntry | Callable[[], Any]] = Registry("dataset", "mtkd.datasets")
+for _entry in [
         DatasetEntry(
             "animal-mnist", "animal silhouettes, 28x28 grey (duplicates removed, 80/20 saved split)", 10,
             "7772 train / 1944 test", True, sources.read_animal_mnist,
@@ -63,8 +65,28 @@ DATASETS: dict[str, DatasetEntry] = {
         _torchvision_entry("cifar100", "CIFAR-100, 32x32 colour", 100, "50000 train / 10000 test", True),
         _torchvision_entry("svhn", "street-view house numbers, 32x32 colour", 10, "73257 train / 26032 test", False),
         _torchvision_entry("stl10", "STL-10 labelled part, 96x96 colour", 10, "5000 train / 8000 test", True),
-    ]
-}  # fmt: skip
+]:  # fmt: skip
+    DATASETS.register(_entry.name, _entry)
+
+
+def register_dataset(name: str, make: Callable[[], Any], origin: str = "python") -> None:
+    """Make a dataset available by `name`: `make()` returns an mtkd Dataset (mtkd.data.from_tensors,
+    from_torch), a (train, test) pair or a {train:, test:, val:, classes:} mapping of torch Datasets.
+    Entry points in the `mtkd.datasets` group do the same for a pip-installed package."""
+    DATASETS.register(name, make, origin)
+
+
+def _plugin_dataset(name: str, val_fraction: float, split_seed: int) -> Dataset:
+    make = DATASETS[name]
+    try:
+        made = make()
+    except MtkdError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's own failure, named in one line
+        raise MtkdError(f"dataset plugin '{name}' failed: {type(exc).__name__}: {exc}") from None
+    dataset = as_dataset(made, name, val_fraction, split_seed)
+    dataset.name = name
+    return dataset
 
 
 def load_dataset(
@@ -91,10 +113,12 @@ def load_dataset(
             splits["test"] = splits.pop("val")
     elif name in DATASETS:
         entry = DATASETS[name]
+        if not isinstance(entry, DatasetEntry):
+            return _plugin_dataset(name, val_fraction, split_seed)
         classes, splits, source = entry.read(data_dir, download)
         hflip = entry.hflip
     else:
-        raise MtkdError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or folder:PATH)")
+        raise MtkdError(_unknown(name))
     if "val" not in splits:
         splits["train"], splits["val"] = carve_validation(splits["train"], val_fraction, split_seed)
     return Dataset(name, classes, splits["train"], splits["val"], splits["test"], hflip, source)
@@ -112,16 +136,26 @@ def check_dataset(
         find_splits(Path(name.removeprefix("folder:")).expanduser())
         return
     if name not in DATASETS:
-        raise MtkdError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)}, or folder:PATH)")
+        raise MtkdError(_unknown(name))
+    if not isinstance(DATASETS[name], DatasetEntry):
+        return
     downloads = download and (name in sources.TORCHVISION_SETS or name == "fashion-mnist")
     if DATASETS[name].locate(data_dir) is None and not downloads:
         raise MtkdError(f"dataset '{name}' is not available here (see `mtkd datasets`)")
 
 
+def _unknown(name: str) -> str:
+    return f"unknown dataset '{name}' (known: {', '.join(DATASETS.names())}, or folder:PATH)"
+
+
 def describe_datasets(data_dir: Path | None = None) -> list[dict]:
     """One row per known dataset: what it is and whether it is available here."""
     rows = []
-    for entry in DATASETS.values():
+    for name, entry in DATASETS.items():
+        if not isinstance(entry, DatasetEntry):
+            rows.append({"name": name, "classes": "?", "sizes": "?", "summary": short_doc(entry),
+                         "available": True, "where": DATASETS.origin(name)})  # fmt: skip
+            continue
         where = entry.locate(data_dir)
         online = entry.name in sources.TORCHVISION_SETS or entry.name == "fashion-mnist"
         rows.append(

@@ -39,6 +39,12 @@ def build_model(meta: dict) -> nn.Module:
     """The architecture a checkpoint describes, with random weights."""
     spec, data = meta["model"], meta["data"]
     if meta["kind"] == "student":
+        if spec["name"].startswith("python:"):
+            raise MtkdError(
+                f"the student of {meta.get('_path', 'this checkpoint')} was given from Python as a module "
+                f"({spec.get('class', spec['name'][7:])}): load it with mtkd.load_student(path, model=<a module of "
+                "that architecture>), or train it by a registered name (a mtkd.students plugin)"
+            )
         return create_student(spec["name"], len(data["classes"]), data["channels"])
     if meta["kind"] == "teacher":
         known = {f.name for f in fields(TeacherSpec)}
@@ -48,10 +54,13 @@ def build_model(meta: dict) -> nn.Module:
     raise MtkdError(f"unknown checkpoint kind '{meta['kind']}'")
 
 
-def load_model(path: str, device: torch.device) -> tuple[nn.Module, dict, Transform]:
-    """(model with its trained weights in eval mode, checkpoint metadata, evaluation transform)."""
+def load_model(
+    path: str, device: torch.device, model: nn.Module | None = None
+) -> tuple[nn.Module, dict, Transform]:
+    """(model with its trained weights in eval mode, checkpoint metadata, evaluation transform);
+    `model`: the architecture to load the weights into instead of the one the checkpoint names."""
     meta = read_meta(path)
-    model = build_model(meta)
+    model = model if model is not None else build_model(meta)
     weights = load_weights(meta)
     try:
         model.load_state_dict(weights, strict=True)
@@ -64,3 +73,31 @@ def load_model(path: str, device: torch.device) -> tuple[nn.Module, dict, Transf
         Normalize(meta["data"]["mean"], meta["data"]["std"]).to(device) if meta["kind"] == "student" else None
     )
     return model, meta, ImageTransform(normalize)
+
+
+class Normalised(nn.Module):
+    """A classifier with its input normalisation built in: float images in [0, 1], [N, C, H, W]."""
+
+    def __init__(self, model: nn.Module, mean: list[float] | None, std: list[float] | None):
+        super().__init__()
+        self.model = model
+        self.normalise = mean is not None
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std if self.normalise else images
+        return self.model(x)
+
+
+def load_deployable(
+    path: str, device: torch.device, model: nn.Module | None = None
+) -> tuple[Normalised, dict]:
+    """A checkpoint's model ready for inference on float images in [0, 1] (students normalise
+    inside, teachers already do), in eval mode, with its metadata."""
+    net, meta, _ = load_model(path, device, model)
+    student = meta["kind"] == "student"
+    data = meta["data"]
+    wrapped = Normalised(net, data["mean"] if student else None, data["std"] if student else None)
+    return wrapped.to(device).eval(), meta

@@ -80,10 +80,26 @@ class OutputConfig(Section):
     log_every: int = Field(
         50, ge=0, description="steps between step-loss rows (steps.csv, TensorBoard); 0: none"
     )
+    trackers: list[Literal["wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers besides TensorBoard: wandb, mlflow"
+    )
+    project: str = Field("mtkd", description="the W&B project / MLflow experiment runs are logged under")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: no network; wandb sync later"
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: a file store in <run>/mlruns)"
+    )
 
 
 class StudentConfig(Section):
-    name: str = Field("cnn_small", description="mtkd student (mtkd models) or a timm model")
+    name: str = Field(
+        "cnn_small", description="mtkd student (mtkd models), a registered or plugin student, or a timm model"
+    )
+    feature_layer: str | None = Field(
+        None,
+        description="module whose input is the pooled features (default: timm's forward_head, else the last nn.Linear)",
+    )
 
 
 class TeacherConfig(Section):
@@ -113,11 +129,22 @@ class AdaptConfig(Section):
     feature_batch_size: int = Field(128, ge=1, description="probe: batch size of the one feature pass")
 
 
-class TransferConfig(Section):
-    teachers: list[str] = Field(
-        default_factory=list,
-        description="adapted teachers (run folders of mtkd teacher fit) or ImageNet model names",
+class TeacherRef(Section):
+    """A teacher in `transfer.teachers` with options: an ImageNet model (or plugin teacher) by name."""
+
+    name: str = Field(description="adapted teacher run folder, ImageNet model or plugin teacher")
+    pretrained: str = Field("auto", description="ImageNet teachers: auto | offline | hub | path to weights")
+    input_size: int | None = Field(
+        None, ge=16, le=1024, description="the size images are resized to for this teacher (default: its own)"
     )
+
+
+class TransferConfig(Section):
+    teachers: list[str | TeacherRef] = Field(
+        default_factory=list,
+        description="adapted teachers (run folders of mtkd teacher fit), ImageNet model or plugin teacher "
+        "names, or {name:, input_size:, pretrained:}",
+    )  # fmt: skip
     methods: list[str | dict[str, Any]] = Field(
         default_factory=lambda: ["none"], description="methods by name, or {name: ..., option: ...} mappings"
     )
@@ -165,6 +192,24 @@ class TeacherFitConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig(epochs=30, warmup_epochs=0)
     train: LoopConfig = LoopConfig()
     output: OutputConfig = OutputConfig(dir=Path("runs/teacher"))
+
+
+# Short names of common options: CLI flags (--epochs, --data-dir) and keyword arguments of the
+# Python API (epochs=, data_dir=).
+SHORT_KEYS = {
+    "train": {
+        "dataset": "data.name", "data_dir": "data.data_dir", "model": "model.name",
+        "epochs": "schedule.epochs", "lr": "optim.lr", "batch_size": "train.batch_size",
+        "seed": "train.seed", "device": "train.device", "out": "output.dir",
+        "teachers": "transfer.teachers", "methods": "transfer.methods", "teacher_mode": "transfer.teacher_mode",
+    },
+    "teacher fit": {
+        "dataset": "data.name", "data_dir": "data.data_dir", "teacher": "teacher.name",
+        "mode": "adapt.mode", "head": "teacher.head", "input_size": "teacher.input_size",
+        "epochs": "schedule.epochs", "lr": "optim.lr", "batch_size": "train.batch_size",
+        "seed": "train.seed", "device": "train.device", "out": "output.dir",
+    },
+}  # fmt: skip
 
 
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
@@ -260,11 +305,15 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     base: dict | None = None,
+    mapping: dict | None = None,
 ) -> Section:
-    """Defaults (or `base`), then the YAML file, then dotted overrides, validated once at the end."""
+    """Defaults (or `base`), then the YAML file (or a mapping of the same shape), then dotted
+    overrides, validated once at the end."""
     tree = base if base is not None else model().model_dump(mode="json")
     if yaml_path is not None:
         tree = _merge(tree, read_yaml(yaml_path))
+    if mapping is not None:
+        tree = _merge(tree, mapping)
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
     for item in sets or []:

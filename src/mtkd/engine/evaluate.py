@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from mtkd.data import DATASETS, Dataset
 from mtkd.data.images import image_to_tensor, open_image
 from mtkd.engine.builders import load_model
 from mtkd.engine.config import DataConfig
@@ -33,11 +35,28 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
     }
 
 
-def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", batch_size: int = 512) -> dict:
+def evaluate_checkpoint(
+    path: str, split: str = "test", device: str = "auto", batch_size: int = 512, data: str | Dataset | None = None,
+    model: nn.Module | None = None,
+) -> dict:  # fmt: skip
+    """Accuracy report of a checkpoint on a split of its own dataset (found again by its name: a
+    named dataset, folder:PATH or a dataset plugin) or of `data` (a name, or a Dataset from Python);
+    written next to the checkpoint as eval-<tag>-<split>.json. `model`: a module of the student's
+    architecture, for a student that was given from Python."""
     dev = pick_device(device)
-    model, meta, transform = load_model(path, dev)
-    data_cfg = DataConfig(**meta["config"]["data"])
-    dataset = open_dataset(data_cfg)
+    model, meta, transform = load_model(path, dev, model)
+    if isinstance(data, Dataset):
+        dataset = data
+    else:
+        data_cfg = DataConfig(**meta["config"]["data"])
+        if data is not None:
+            data_cfg = data_cfg.model_copy(update={"name": data})
+        elif data_cfg.name not in DATASETS and not data_cfg.name.startswith("folder:"):
+            raise MtkdError(
+                f"{meta['_path']} was trained on data given from Python ('{data_cfg.name}'), which no dataset "
+                f"plugin provides here: pass --data NAME (CLI) or data= (mtkd.evaluate)"
+            )
+        dataset = open_dataset(data_cfg)
     if dataset.classes != meta["data"]["classes"]:
         raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
     images = dataset.split(split)

@@ -11,25 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from mtkd.engine.builders import load_model
+from mtkd.engine.builders import load_deployable
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_path
-
-
-class _Deployable(nn.Module):
-    def __init__(self, model: nn.Module, mean: list[float] | None, std: list[float] | None):
-        super().__init__()
-        self.model = model
-        self.normalise = mean is not None
-        if mean is not None:
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std if self.normalise else images
-        return self.model(x)
 
 
 def export_onnx(checkpoint: str, out: str | Path, opset: int = 17, atol: float = 1e-4) -> dict:
@@ -37,10 +22,8 @@ def export_onnx(checkpoint: str, out: str | Path, opset: int = 17, atol: float =
         import onnxruntime as ort
     except ImportError:
         raise MtkdError("export needs onnx and onnxruntime: pip install 'mtkd[export]'") from None
-    model, meta, _ = load_model(checkpoint, torch.device("cpu"))
+    wrapped, meta = load_deployable(checkpoint, torch.device("cpu"))
     data = meta["data"]
-    student = meta["kind"] == "student"
-    wrapped = _Deployable(model, data["mean"] if student else None, data["std"] if student else None).eval()
     c, (h, w) = data["channels"], data["image_size"]
     example = torch.rand(4, c, h, w, generator=torch.Generator().manual_seed(0))
     out = Path(out)

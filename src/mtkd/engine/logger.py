@@ -1,4 +1,4 @@
-"""Where metrics go: a CSV file, TensorBoard, and the terminal (rich progress bars)."""
+"""Where metrics go: CSV files, TensorBoard, the trackers of `output.trackers`, and the terminal."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import csv
 import io
 from pathlib import Path
 
+from mtkd.engine.config import OutputConfig
+from mtkd.engine.trackers import open_trackers
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write
 
@@ -34,7 +36,13 @@ class MetricsLog:
     """Per epoch: a row of metrics.csv and TensorBoard points; every `output.log_every` steps, a row
     of steps.csv and a `step/...` point. On resume, rows past the resumed epoch are dropped."""
 
-    def __init__(self, folder: Path, tensorboard: bool, resume_epoch: int = 0):
+    def __init__(
+        self, folder: Path, out: OutputConfig, resume_epoch: int = 0, config: dict | None = None,
+        steps_per_epoch: int = 1,
+    ):  # fmt: skip
+        tensorboard = out.tensorboard
+        self.steps_per_epoch = steps_per_epoch
+        self.trackers = open_trackers(out, folder, config or {}, resume_epoch > 0)
         self.csv_path, self.steps_path = folder / "metrics.csv", folder / "steps.csv"
         self.rows = _read_rows(self.csv_path, resume_epoch)
         self.steps = _read_rows(self.steps_path, resume_epoch)
@@ -61,7 +69,21 @@ class MetricsLog:
                     if key not in ("step", "epoch"):
                         self.writer.add_scalar(f"step/{key}", value, step["step"])
             self.writer.flush()
+        for tracker in self.trackers:
+            for step in steps:
+                tracker.log(
+                    {f"step/{k}": v for k, v in step.items() if k not in ("step", "epoch")}, step["step"]
+                )
+            values = {
+                k.replace("_", "/", 1): v
+                for k, v in row.items()
+                if k != "epoch" and isinstance(v, int | float)
+            }
+            # One increasing step for trackers: an epoch's row is logged at the epoch's last step.
+            tracker.log({**values, "epoch": row["epoch"]}, row["epoch"] * self.steps_per_epoch)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,12 +19,14 @@ from mtkd.data.batches import Normalize, batch_indices
 from mtkd.dist import Dist, setup
 from mtkd.engine.builders import ImageTransform
 from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
-from mtkd.engine.config import DataConfig, TeacherFitConfig, TrainConfig, to_yaml
+from mtkd.engine.config import DataConfig, TeacherFitConfig, TeacherRef, TrainConfig, to_yaml
 from mtkd.engine.device import compute_threads, default_threads, pick_device, pinned, resolve_precision
-from mtkd.engine.trainer import FitData, Identity, Trainer, Transform, predict
-from mtkd.engine.transfer import TransferLoss, build_methods, load_teachers
+from mtkd.engine.trackers import check_trackers
+from mtkd.engine.trainer import FitData, Identity, Trainer, classifier_task
+from mtkd.engine.transfer import build_methods, load_teachers, transfer_task
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, file_lock, write_json
+from mtkd.models.adapters import OutputsView
 from mtkd.models.cost import count_macs, count_params
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student
@@ -62,14 +65,11 @@ def _finish(
     Evaluation goes through what the trainer trained on (images, or a probe's features), so a
     frozen backbone is not run again; `test_x` is the test split in that same form.
     """
-    folder, model = trainer.folder, trainer.saved
+    folder, model, extra = trainer.folder, trainer.task.saved, trainer.task.extra
     test, val = dataset.test, dataset.val
 
     def predicted(x: torch.Tensor) -> torch.Tensor:
-        logits = predict(
-            trainer.model, x, trainer.transform, trainer.loop.eval_batch_size, trainer.device, trainer.place
-        )
-        return logits.argmax(1)
+        return trainer.predict(x).argmax(1)
 
     last_test = (predicted(test_x) == test.labels).float().mean().item()
     best_meta = read_meta(folder / "best.json")
@@ -85,7 +85,7 @@ def _finish(
         "name": meta["model"]["name"],
         "dataset": dataset.name,
         "params": count_params(model),
-        "extra_train_params": count_params(trainer.extra) if trainer.extra is not None else 0,
+        "extra_train_params": count_params(extra) if extra is not None else 0,
         "macs": count_macs(model, (c, h, w)),
         "best_epoch": result["best"]["epoch"],
         "val_acc": best_val,
@@ -150,45 +150,98 @@ def _where(device: torch.device, place: Dist) -> str:
     return f"{device} x {place.world} processes" if place.active else str(device)
 
 
-def _start(cfg: TrainConfig | TeacherFitConfig, resume: bool) -> tuple[Dist, torch.device, Dataset]:
+def _start(
+    cfg: TrainConfig | TeacherFitConfig, resume: bool, dataset: Dataset | None = None
+) -> tuple[Dist, torch.device, Dataset]:
     """What every run does first: claim the output folder, pick the device (and join the other
-    processes under torchrun), load the data, seed."""
+    processes under torchrun), load the data (unless given from Python), seed."""
     folder = Path(cfg.output.dir)
     check_folder(folder, resume)
     place, device = setup(pick_device(cfg.train.device))
     resolve_precision(cfg.train.precision, device)  # an impossible precision stops here, before any file
-    dataset = open_dataset(cfg.data)
+    check_trackers(cfg.output)
+    dataset = dataset if dataset is not None else open_dataset(cfg.data)
     torch.manual_seed(cfg.train.seed)
     place.barrier()  # every process has checked the folder before rank 0 writes into it
     return place, device, dataset
 
 
-def run_train(cfg: TrainConfig, resume: bool = False) -> dict:
+@dataclass
+class Given:
+    """What a run takes from Python instead of building from its config (mtkd.train)."""
+
+    student: nn.Module | None = None
+    teachers: list[str | TeacherRef | nn.Module] | None = None  # replaces transfer.teachers
+    dataset: Dataset | None = None
+
+
+def run_train(cfg: TrainConfig, resume: bool = False, given: Given | None = None) -> dict:
     """Train a student, alone or from teachers through transfer methods, and report its accuracies."""
     with ExitStack() as stack:
         cfg = settle_threads(cfg, resume)
         stack.enter_context(compute_threads(cfg.train.threads))
-        return _train(cfg, resume, stack)
+        return _train(cfg, resume, stack, given or Given())
 
 
-def _train(cfg: TrainConfig, resume: bool, stack: ExitStack) -> dict:
+def _student(
+    cfg: TrainConfig, given: Given, dataset: Dataset, device: torch.device
+) -> tuple[nn.Module, OutputsView, int]:
+    """(student on the device, how its outputs are read, its pooled feature width)."""
+    built = None if cfg.model.name.startswith("python:") else create_student(
+        cfg.model.name, dataset.num_classes, dataset.channels
+    )  # fmt: skip
+    if given.student is not None and built is not None:
+        _same_architecture(given.student, built, cfg.model.name)
+    student = (given.student if given.student is not None else built).to(device)
+    view = OutputsView(student, cfg.model.feature_layer)
+    dim, outputs = view.shapes(dataset.channels, dataset.image_size, device)
+    if outputs != dataset.num_classes:
+        raise MtkdError(
+            f"student {cfg.model.name} gives {outputs} logits and {dataset.name} has {dataset.num_classes} classes"
+        )
+    return student, view, dim
+
+
+def _same_architecture(module: nn.Module, built: nn.Module, name: str) -> None:
+    """A module given from Python under a student's name must be that architecture: its checkpoint
+    is rebuilt by the name."""
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    if mine != theirs:
+        diff = sorted(set(mine.items()) ^ set(theirs.items()))[0][0]
+        raise MtkdError(
+            f"the student module is not the architecture '{name}' builds (they differ at '{diff}'); "
+            "leave out the model name to record it as a Python module"
+        )
+
+
+def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> dict:
     started = time.time()
-    place, device, dataset = _start(cfg, resume)
-    student = create_student(cfg.model.name, dataset.num_classes, dataset.channels).to(device)
-    teachers = load_teachers(cfg.transfer.teachers, dataset, device)
-    methods = build_methods(cfg, student.num_features, teachers, dataset.num_classes).to(device)
+    place, device, dataset = _start(cfg, resume, given.dataset)
+    student, view, dim = _student(cfg, given, dataset, device)
+    teachers = load_teachers(
+        given.teachers if given.teachers is not None else list(cfg.transfer.teachers), dataset, device
+    )
+    if given.teachers is not None:  # the config records what was given (modules by class and content)
+        transfer = cfg.transfer.model_copy(update={"teachers": [t.recorded for t in teachers]})
+        cfg = cfg.model_copy(update={"transfer": transfer})
+    methods = build_methods(cfg, dim, teachers, dataset.num_classes).to(device)
     hflip = _hflip(cfg.train.hflip, dataset)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
-    transform = ImageTransform(normalize, cfg.train.crop_padding, hflip)
-    loss_fn = (
-        TransferLoss(student, methods, teachers, dataset, normalize, cfg, hflip, device, place)
-        if teachers
-        else None
-    )
+    if teachers:
+        task = transfer_task(student, view, methods, teachers, dataset, normalize, cfg, hflip, device, place)
+    else:
+        transform = ImageTransform(normalize, cfg.train.crop_padding, hflip)
+        params = [p for p in student.parameters() if p.requires_grad]
+        task = classifier_task(student, transform, [{"params": params}], cfg.train.label_smoothing)
     _claim(cfg, resume, place, stack)
     meta = {
         "kind": "student",
-        "model": {"name": cfg.model.name},
+        "model": {
+            "name": cfg.model.name,
+            "feature_layer": cfg.model.feature_layer,
+            "class": _class_path(student),
+        },
         "data": dataset.meta(),
         "config": cfg.model_dump(mode="json"),
     }
@@ -202,15 +255,18 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack) -> dict:
         extra = sum(p.numel() for p in methods.parameters())
         say(f"teachers: {', '.join(t.name for t in teachers)}; methods: {', '.join(m.name for m in methods)} "
             f"({extra:,} extra training parameters, not part of the student)")  # fmt: skip
-    trainable = [p for p in student.parameters() if p.requires_grad] + list(methods.parameters())
-    trainer = Trainer(
-        student, data, transform, [{"params": trainable}], cfg.optim, cfg.schedule, cfg.train, cfg.output, meta,
-        device, loss_fn=loss_fn, extra=methods if teachers else None, place=place,
-    )  # fmt: skip
+    trainer = Trainer(task, data, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device, place)
     if resume:
         trainer.resume()
-    result = trainer.fit()
-    return _finish(trainer, dataset.test.images, dataset, meta, result, started)
+    try:
+        result = trainer.fit()
+        return _finish(trainer, dataset.test.images, dataset, meta, result, started)
+    finally:
+        view.remove()  # the student (a module of the caller's, perhaps) is left as it came, but trained
+
+
+def _class_path(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 @torch.inference_mode()
@@ -238,17 +294,17 @@ def _extract(
     return place.gather_rows(torch.cat(out))
 
 
-def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False) -> dict:
+def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False, dataset: Dataset | None = None) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
     with ExitStack() as stack:
         cfg = settle_threads(cfg, resume)
         stack.enter_context(compute_threads(cfg.train.threads))
-        return _teacher_fit(cfg, resume, stack)
+        return _teacher_fit(cfg, resume, stack, dataset)
 
 
-def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
+def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, dataset: Dataset | None) -> dict:
     started = time.time()
-    place, device, dataset = _start(cfg, resume)
+    place, device, dataset = _start(cfg, resume, dataset)
     t = cfg.teacher
     spec = TeacherSpec(
         t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes
@@ -278,9 +334,8 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
             return _extract(teacher, part.images, cfg.adapt.feature_batch_size, device, label, place)
 
         data = FitData(features("train"), dataset.train.labels, features("val"), dataset.val.labels)
-        trained: nn.Module = teacher.head
-        transform: Transform = Identity()
         groups = [{"params": list(teacher.head.parameters())}]
+        task = classifier_task(teacher.head, Identity(), groups, cfg.train.label_smoothing, saved=teacher)
     else:
         for prefix in cfg.adapt.freeze:
             matched = [
@@ -294,25 +349,12 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack) -> dict:
             for p in matched:
                 p.requires_grad_(False)
         data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
-        trained, transform = teacher, image_tf
         backbone = [p for p in teacher.body.parameters() if p.requires_grad]
         groups = [{"params": list(teacher.head.parameters())}]
         if backbone:
             groups.append({"params": backbone, "lr": cfg.optim.lr * cfg.adapt.backbone_lr_scale})
-    trainer = Trainer(
-        trained,
-        data,
-        transform,
-        groups,
-        cfg.optim,
-        cfg.schedule,
-        cfg.train,
-        cfg.output,
-        meta,
-        device,
-        saved=teacher,
-        place=place,
-    )
+        task = classifier_task(teacher, image_tf, groups, cfg.train.label_smoothing)
+    trainer = Trainer(task, data, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device, place)
     if resume:
         trainer.resume()
     result = trainer.fit()

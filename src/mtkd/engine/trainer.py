@@ -52,8 +52,8 @@ class Identity:
 
 class StepLoss(Protocol):
     """The loss of one training step. `draw` makes the step's random choices for the global batch;
-    the call gets this process's rows of it, the trained module (wrapped by DDP under torchrun):
-    the loss's own `module` attribute when it has one, else the model, and where training is."""
+    the call gets the task's trainable module (wrapped by DDP under torchrun), this process's rows
+    of the batch and where training is."""
 
     def draw(self, n: int, gen: torch.Generator) -> Any: ...
 
@@ -124,47 +124,70 @@ def predict(
     return place.gather_rows(torch.cat(out) if out else torch.empty(0))
 
 
-class Trainer:
-    """Fit `model` on `data` with checkpoints in `out.dir`.
+@dataclass
+class Task:
+    """What one run trains, as one handle (after timm's `TrainingTask`, timm/task/task.py): the
+    module the optimizer trains and DDP wraps, the step loss that calls it, the model validation
+    and testing run (on the run's inputs through `transform`), the module whose weights are the
+    checkpoint, and the trained parts kept only in the resume state.
 
-    model: what the optimizer trains and validation runs (student, a teacher's head, or a teacher);
-    saved: the module whose weights are checkpointed (defaults to model);
-    meta: what every checkpoint JSON records besides metrics (kind, model spec, data, config);
-    loss_fn: the step's loss (default: cross-entropy on model); the module it calls is its
-    `module` if it has one (student and projectors), else model: that is what
-    DistributedDataParallel wraps under torchrun.
+    A student alone: student, cross-entropy, student, student. A student with teachers: the
+    student and the methods' parts as one module (`StudentStep`), the transfer loss, the student,
+    the student, the methods. A probe: the teacher's head on cached features, ..., the whole
+    teacher. Fine-tuning: the teacher throughout.
+    """
+
+    trainable: nn.Module
+    loss: StepLoss
+    evaluated: nn.Module
+    transform: Transform
+    saved: nn.Module
+    groups: list[dict]
+    extra: nn.Module | None = None
+
+    @property
+    def may_skip_parameters(self) -> bool:
+        return bool(getattr(self.loss, "may_skip_parameters", False))
+
+
+def classifier_task(
+    model: nn.Module, transform: Transform, groups: list[dict], label_smoothing: float,
+    saved: nn.Module | None = None,
+) -> Task:  # fmt: skip
+    """A model trained with cross-entropy on the labels (a student alone, a teacher's fit)."""
+    return Task(
+        model, CrossEntropy(transform, label_smoothing), model, transform,
+        saved if saved is not None else model, groups,
+    )  # fmt: skip
+
+
+class Trainer:
+    """Fit a Task on `data` with checkpoints in `out.dir`.
+
+    meta: what every checkpoint JSON records besides metrics (kind, model spec, data, config).
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        task: Task,
         data: FitData,
-        transform: Transform,
-        groups: list[dict],
         optim: OptimConfig,
         schedule: ScheduleConfig,
         loop: LoopConfig,
         out: OutputConfig,
         meta: dict,
         device: torch.device,
-        saved: nn.Module | None = None,
-        loss_fn: StepLoss | None = None,
-        extra: nn.Module | None = None,
         place: Dist = SINGLE,
     ):
-        self.model, self.saved = model, saved if saved is not None else model
-        self.loss_fn = loss_fn or CrossEntropy(transform, loop.label_smoothing)
-        self.extra = extra  # trained with the model (a method's projectors), kept only in the resume state
-        self.data, self.transform = data, transform
+        self.task = task
+        self.data = data
         self.loop, self.schedule, self.out, self.meta, self.device = loop, schedule, out, meta, device
         self.place = place
         self.precision = resolve_precision(loop.precision, device)
         self.channels_last = use_channels_last(loop.channels_last, device)
-        net = getattr(self.loss_fn, "module", None)
-        net = model if net is None else net
         if self.channels_last:
-            net.to(memory_format=torch.channels_last)
-        self.net = wrap(net, place, device, loop.sync_bn, getattr(self.loss_fn, "may_skip_parameters", False))
+            task.trainable.to(memory_format=torch.channels_last)
+        self.net = wrap(task.trainable, place, device, loop.sync_bn, task.may_skip_parameters)
         if loop.compile:
             self.net = torch.compile(self.net)
         self.folder = Path(out.dir)
@@ -178,7 +201,7 @@ class Trainer:
         self.steps_per_epoch = n // loop.batch_size if self.drop_last else 1
         total = self.steps_per_epoch * schedule.epochs
         warmup = round(schedule.warmup_epochs * self.steps_per_epoch)
-        self.optimizer = make_optimizer(groups, optim)
+        self.optimizer = make_optimizer(task.groups, optim)
         floor = schedule.min_lr / optim.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_cosine(step, total, warmup, floor)
@@ -189,16 +212,21 @@ class Trainer:
         self.last_row: dict = {}
         self.stop = StopRequests()
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluated model's logits for every row of x (inputs as the run holds them)."""
+        t = self.task
+        return predict(t.evaluated, x, t.transform, self.loop.eval_batch_size, self.device, self.place)
+
     def resume(self) -> None:
         """Continue from `last` in the output folder, which must come from the same config."""
         meta = read_meta(self.folder / "last.json")
         diff = config_difference(meta.get("config"), self.meta.get("config"))
         if diff:
             raise MtkdError(f"cannot resume {self.folder}: its config differs at '{diff}'")
-        self.saved.load_state_dict(load_weights(meta))
+        self.task.saved.load_state_dict(load_weights(meta))
         state = load_train_state(meta)
-        if self.extra is not None:
-            self.extra.load_state_dict(state["extra"])
+        if self.task.extra is not None:
+            self.task.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.precision.scaler is not None and "scaler" in state:
@@ -217,7 +245,11 @@ class Trainer:
         SIGINT or SIGTERM stops it between two steps after saving `last` (with the position in
         the epoch), and raises Interrupted; `--resume` then continues from that very step.
         """
-        log = MetricsLog(self.folder, self.out.tensorboard, self.start_epoch) if self.place.main else None
+        log = (
+            MetricsLog(self.folder, self.out, self.start_epoch, self.meta.get("config"), self.steps_per_epoch)
+            if self.place.main
+            else None
+        )
         row: dict = {}
         try:
             with self.stop:
@@ -249,8 +281,8 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> tuple[dict, list[dict]]:
         self.net.train()
-        if self.extra is not None:
-            self.extra.train()
+        if self.task.extra is not None:
+            self.task.extra.train()
         gen = epoch_generator(self.loop.seed, epoch)
         x, y = self.data.train_x, self.data.train_y
         place, every = self.place, self.out.log_every
@@ -272,7 +304,7 @@ class Trainer:
                 batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last)
             ):
                 # The random choices are drawn for the global batch, then each process takes its rows.
-                drawn = self.loss_fn.draw(len(index), gen)
+                drawn = self.task.loss.draw(len(index), gen)
                 if step < skip:
                     continue  # done before the interruption: only the generator moves on
                 rows = place.shard(len(index))
@@ -302,9 +334,7 @@ class Trainer:
         loss_sum, correct, seen, *reduced = place.sum(
             [sums["loss"], sums["correct"], sums["seen"], *term_sums.values()]
         )
-        val_logits = predict(
-            self.model, self.data.val_x, self.transform, self.loop.eval_batch_size, self.device, place
-        )
+        val_logits = self.predict(self.data.val_x)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -328,7 +358,7 @@ class Trainer:
         target = y[index].to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
             where = Step(epoch, step, self.steps_per_epoch, self.schedule.epochs)
-            logits, terms = self.loss_fn(self.net, index, batch, target, drawn, where)
+            logits, terms = self.task.loss(self.net, index, batch, target, drawn, where)
             loss = torch.stack([t.float() for t in terms.values()]).sum()
         if not torch.isfinite(loss):
             bad = next(k for k, v in terms.items() if not torch.isfinite(v))
@@ -363,8 +393,8 @@ class Trainer:
             "epoch": completed,
             "best": self.best,
         }
-        if self.extra is not None:
-            state["extra"] = self.extra.state_dict()
+        if self.task.extra is not None:
+            state["extra"] = self.task.extra.state_dict()
         if self.precision.scaler is not None:
             state["scaler"] = self.precision.scaler.state_dict()
         if torch.cuda.is_available():
@@ -376,8 +406,8 @@ class Trainer:
         if self.place.main:
             meta = {**self.meta, "epoch": epoch, "metrics": row}
             if improved:
-                save_checkpoint(self.folder, "best", self.saved, meta)
-            save_checkpoint(self.folder, "last", self.saved, meta, self._train_state(epoch))
+                save_checkpoint(self.folder, "best", self.task.saved, meta)
+            save_checkpoint(self.folder, "last", self.task.saved, meta, self._train_state(epoch))
         self.place.barrier()
 
     def _save_interrupted(self, position: dict) -> None:
@@ -387,7 +417,7 @@ class Trainer:
             state = {**self._train_state(epoch - 1), "in_epoch": position}
             meta = {**self.meta, "epoch": epoch - 1, "metrics": self.last_row,
                     "interrupted": {"epoch": epoch, "step": step}}  # fmt: skip
-            save_checkpoint(self.folder, "last", self.saved, meta, state)
+            save_checkpoint(self.folder, "last", self.task.saved, meta, state)
         self.place.barrier()
         name = self.stop.name or "a signal to another process"
         raise Interrupted(

@@ -24,46 +24,90 @@ from mtkd.cache.teacher_cache import (
 )
 from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
-from mtkd.engine.builders import load_model
-from mtkd.engine.config import TrainConfig
+from mtkd.engine.builders import ImageTransform, load_model
+from mtkd.engine.config import TeacherRef, TrainConfig
+from mtkd.engine.trainer import Task
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
-from mtkd.methods.base import Step, method_class
-from mtkd.models.hooks import FeatureHooks, student_outputs
+from mtkd.methods.base import FINAL_MAP, Step, method_class
+from mtkd.models.adapters import ModuleTeacher, OutputsView, as_teacher, plugin_teacher
+from mtkd.models.hooks import FeatureHooks
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 
 
 @dataclass
 class Teacher:
     name: str
-    net: TeacherNet
+    net: TeacherNet | ModuleTeacher
     sha: str  # identifies its content: architecture, preprocessing, weights (for the cache key)
     has_logits: bool  # adapted to the dataset's classes
     cache: TeacherCache | None = None
+    # How the run's config records it: as given, or a module given from Python by class and content.
+    recorded: str | dict | None = None
 
 
-def load_teachers(names: list[str], dataset: Dataset, device: torch.device) -> list[Teacher]:
+def _checkpoint_teacher(path: str, dataset: Dataset, device: torch.device) -> Teacher:
+    net, meta, _ = load_model(path, device)
+    if meta["kind"] != "teacher":
+        raise MtkdError(f"{path} is a {meta['kind']} checkpoint, not a teacher")
+    if meta["data"]["classes"] != dataset.classes:
+        raise MtkdError(f"teacher {path} was adapted to other classes than {dataset.name}'s")
+    if meta["data"]["channels"] != dataset.channels:
+        kinds = {1: "grey", 3: "colour"}
+        raise MtkdError(
+            f"teacher {path} was adapted to {kinds.get(meta['data']['channels'])} images and "
+            f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
+        )
+    return Teacher(path, net, teacher_identity(net), True)
+
+
+def _module_teacher(net: ModuleTeacher, name: str, dataset: Dataset, device: torch.device) -> Teacher:
+    net = net.to(device).eval()
+    net.bind(dataset.channels, dataset.image_size)
+    return Teacher(name, net, teacher_identity(net), net.num_outputs == dataset.num_classes)
+
+
+def load_teachers(
+    entries: list[str | TeacherRef | nn.Module], dataset: Dataset, device: torch.device
+) -> list[Teacher]:
+    """Teachers from run folders of `mtkd teacher fit`, plugin teachers, ImageNet models by name
+    (with their input size and weights), and modules given from Python."""
     teachers = []
-    for name in names:
+    for entry in entries:
+        if isinstance(entry, nn.Module):
+            net = as_teacher(entry, type(entry).__name__)
+            teacher = _module_teacher(net, net.name, dataset, device)
+            teacher.recorded = f"python:{net.name}@{teacher.sha[:16]}"
+            teachers.append(teacher)
+            continue
+        ref = entry if isinstance(entry, TeacherRef) else TeacherRef(name=entry)
+        name = ref.name
+        if name.startswith("python:"):
+            raise MtkdError(
+                f"teacher '{name}' was given as a Python module: pass the module again (mtkd.train(teachers=[...])), "
+                "or register it by name (a mtkd.teachers plugin)"
+            )
         if Path(name).exists():
-            net, meta, _ = load_model(name, device)
-            if meta["kind"] != "teacher":
-                raise MtkdError(f"{name} is a {meta['kind']} checkpoint, not a teacher")
-            if meta["data"]["classes"] != dataset.classes:
-                raise MtkdError(f"teacher {name} was adapted to other classes than {dataset.name}'s")
-            if meta["data"]["channels"] != dataset.channels:
-                kinds = {1: "grey", 3: "colour"}
+            if ref.input_size is not None or ref.pretrained != "auto":
                 raise MtkdError(
-                    f"teacher {name} was adapted to {kinds.get(meta['data']['channels'])} images and "
-                    f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
+                    f"teacher {name}: an adapted teacher keeps the input size and weights it was fitted with"
                 )
-            teachers.append(Teacher(name, net, teacher_identity(net), True))
+            teachers.append(_checkpoint_teacher(name, dataset, device))
+        elif (module := plugin_teacher(name)) is not None:
+            if ref.input_size is not None:
+                module.input_size = ref.input_size
+            teachers.append(_module_teacher(module, name, dataset, device))
         elif "/" in name.removeprefix("timm:").removeprefix("torchvision:") or name.endswith(".json"):
             raise MtkdError(f"teacher checkpoint not found: {name}")
         else:
-            net = TeacherNet(TeacherSpec(name, head="imagenet")).to(device).eval()
+            spec = TeacherSpec(name, pretrained=ref.pretrained, input_size=ref.input_size, head="imagenet")
+            net = TeacherNet(spec).to(device).eval()
             teachers.append(Teacher(name, net, teacher_identity(net), False))
-        for p in teachers[-1].net.parameters():
+        teachers[-1].recorded = (
+            entry if isinstance(entry, str) else ref.model_dump(mode="json", exclude_defaults=True)
+        )
+    for t in teachers:
+        for p in t.net.parameters():
             p.requires_grad_(False)
     return teachers
 
@@ -74,18 +118,18 @@ class StudentStep(nn.Module):
     (cross-entropy, then each method's) out."""
 
     def __init__(
-        self, student: nn.Module, methods: nn.ModuleList, hooks: FeatureHooks | None, ce_weight: float,
-        label_smoothing: float,
+        self, student: nn.Module, view: OutputsView, methods: nn.ModuleList, hooks: FeatureHooks | None,
+        ce_weight: float, label_smoothing: float,
     ):  # fmt: skip
         super().__init__()
         self.student, self.methods = student, methods
-        self.hooks = hooks
+        self.view, self.hooks = view, hooks
         self.ce_weight, self.label_smoothing = ce_weight, label_smoothing
 
     def forward(
         self, images: torch.Tensor, teachers: list[TeacherOutputs], target: torch.Tensor, step: Step
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fmap, pooled, logits = student_outputs(self.student, images)
+        fmap, pooled, logits = self.view(images)
         maps = self.hooks.outputs if self.hooks else {}
         student = StudentOutputs(logits=logits, features=pooled, maps=maps, fmap=fmap)
         # The cross-entropy first: the order in which terms enter the graph decides the order in
@@ -98,11 +142,12 @@ class StudentStep(nn.Module):
 
 
 class TransferLoss:
-    """The step loss of a student with teachers and methods (see trainer.StepLoss)."""
+    """The step loss of a student with teachers and methods (see trainer.StepLoss): each row of
+    the batch as its drawn view, the teachers' outputs for it, then the StudentStep."""
 
     def __init__(
-        self, student: nn.Module, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset,
-        normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
+        self, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset, normalize: nn.Module,
+        cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
     ):  # fmt: skip
         t = cfg.transfer
         self.teachers = teachers
@@ -110,10 +155,14 @@ class TransferLoss:
         images = dataset.train.images
         self.views = t.views
         self.params = view_params(len(images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
-        student_paths = sorted({p for m in methods for p in m.student_maps()})
         self.teacher_paths = tuple(sorted({p for m in methods for p in m.teacher_maps()}))
-        hooks = FeatureHooks(student, student_paths) if student_paths else None
-        self.module = StudentStep(student, methods, hooks, t.ce_weight, cfg.train.label_smoothing)
+        if FINAL_MAP in self.teacher_paths:
+            for x in teachers:
+                if not isinstance(x.net, TeacherNet):
+                    raise MtkdError(
+                        f"teacher {x.name}: camkd's feature: map reads an mtkd teacher's last feature map and "
+                        "classifier; with a teacher module use camkd with feature: pooled"
+                    )
         self.may_skip_parameters = any(m.may_skip_parameters for m in methods)
         self.teacher_hooks = []
         if t.teacher_mode == "cached":
@@ -134,7 +183,7 @@ class TransferLoss:
     ) -> list[TeacherOutputs]:
         out = []
         for k, teacher in enumerate(self.teachers):
-            head = teacher.net.forward_head if teacher.has_logits else None
+            head = getattr(teacher.net, "forward_head", None) if teacher.has_logits else None
             if teacher.cache is not None:
                 rows = {name: x.to(self.device) for name, x in teacher.cache.get(views, index).items()}
                 maps = {p: rows[f"map.{p}"] for p in self.teacher_paths}
@@ -163,6 +212,21 @@ class TransferLoss:
         images = images_for(batch, index, views.to(batch.device), self.params)
         teachers = self.teacher_outputs(views, index, images)
         return net(self.normalize(images), teachers, target, step)
+
+
+def transfer_task(
+    student: nn.Module, view: OutputsView, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset,
+    normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
+) -> Task:  # fmt: skip
+    """The Task of a student learning from teachers: it trains the student and the methods' parts
+    together, is evaluated and saved as the student alone; the methods' parts live in the resume state."""
+    student_paths = sorted({p for m in methods for p in m.student_maps()})
+    hooks = FeatureHooks(student, student_paths) if student_paths else None
+    step = StudentStep(student, view, methods, hooks, cfg.transfer.ce_weight, cfg.train.label_smoothing)
+    loss = TransferLoss(methods, teachers, dataset, normalize, cfg, hflip, device, place)
+    trainable = [p for p in student.parameters() if p.requires_grad] + list(methods.parameters())
+    transform = ImageTransform(normalize)
+    return Task(step, loss, student, transform, student, [{"params": trainable}], methods)
 
 
 def build_methods(

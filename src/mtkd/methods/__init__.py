@@ -12,13 +12,17 @@ from mtkd.methods.base import (
     build_method,
     method_class,
     method_options,
+    register,
 )
+
+register_method = register  # a Method subclass by its `name` (also: the mtkd.methods entry point group)
 
 __all__ = [
     "METHODS",
     "Method",
     "method_class",
     "method_options",
+    "register_method",
     "StudentOutputs",
     "TeacherOutputs",
     "build_method",

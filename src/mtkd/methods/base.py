@@ -20,6 +20,7 @@ from torch import nn
 
 from mtkd.errors import MtkdError
 from mtkd.methods.projected import projected_cosines
+from mtkd.registry import Registry
 
 
 @dataclass
@@ -82,19 +83,22 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method", "mtkd.methods")
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its `name`."""
-    METHODS[cls.name] = cls
+    """Class decorator: make a method available by its `name` (mtkd's own, or a plugin's through
+    the `mtkd.methods` entry point group, or any Python code before it trains)."""
+    origin = "" if cls.__module__.startswith("mtkd.methods.") else f"python {cls.__module__}"
+    METHODS.register(cls.name, cls, origin)
     return cls
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise MtkdError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
-    return METHODS[name]
+    cls = METHODS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise MtkdError(f"method plugin '{name}' is not a subclass of mtkd.methods.Method")
+    return cls
 
 
 def method_options(name: str, options: dict[str, Any]) -> MethodOptions:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from mtkd.models.adapters import TEACHERS
 from mtkd.models.cost import count_params
 from mtkd.models.pretrained import OFFLINE_WEIGHTS
 from mtkd.models.students import STUDENTS
+from mtkd.registry import short_doc
 
 # Examples of teachers that load from the hub when online (any timm/torchvision classifier works).
 HUB_EXAMPLES = [
@@ -34,6 +36,9 @@ def describe_teachers() -> list[dict]:
                 "weights": f"pip {entry.pip_name}", "offline": "yes" if installed else "no (not installed)",
             }
         )  # fmt: skip
+    for name in TEACHERS.names():
+        rows.append({"name": name, "library": "plugin", "params": "?", "input": "?",
+                     "weights": TEACHERS.origin(name), "offline": "yes"})  # fmt: skip
     for name, library, params, size in HUB_EXAMPLES:
         rows.append(
             {
@@ -50,6 +55,6 @@ def describe_teachers() -> list[dict]:
 
 def describe_students() -> list[dict]:
     return [
-        {"name": name, "params": count_params(build(10, 1)), "description": text}
-        for name, (build, text) in STUDENTS.items()
+        {"name": name, "params": count_params(build(10, 1)), "description": short_doc(build)}
+        for name, build in STUDENTS.items()
     ]

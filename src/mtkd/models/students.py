@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mtkd.registry import Registry
+
 
 class _Student(nn.Module):
     """Shared head: global average pooling, then a linear classifier."""
@@ -150,12 +152,26 @@ class WideResNet(_Student):
         return torch.relu(self.bn(self.layers(self.stem(x))))
 
 
-# name -> (builder(num_classes, in_chans), one-line description)
-STUDENTS: dict[str, tuple[Callable[[int, int], _Student], str]] = {
-    "cnn_small": (lambda nc, ic: ConvNet([16, 32, 64], 1, nc, ic), "3-stage CNN, 1 conv per stage"),
-    "cnn_medium": (lambda nc, ic: ConvNet([24, 48, 64], 2, nc, ic), "3-stage CNN, 2 convs per stage"),
-    "cnn_large": (lambda nc, ic: ConvNet([48, 96, 160], 2, nc, ic), "3-stage CNN, 2 convs per stage, wide"),
-    "resnet8": (lambda nc, ic: CifarResNet(8, nc, ic), "CIFAR ResNet-8"),
-    "resnet20": (lambda nc, ic: CifarResNet(20, nc, ic), "CIFAR ResNet-20"),
-    "wrn_16_2": (lambda nc, ic: WideResNet(16, 2, nc, ic), "Wide ResNet-16-2"),
-}
+STUDENTS: Registry[Callable[[int, int], nn.Module]] = Registry("student", "mtkd.students")
+
+
+def register_student(name: str, builder: Callable[[int, int], nn.Module], origin: str = "python") -> None:
+    """Make `builder(num_classes, in_chans) -> nn.Module` a student by `name` (its docstring's first
+    line describes it in `mtkd models`). A module that does not follow timm's protocol works too:
+    its pooled features are read at the input of its last linear layer."""
+    STUDENTS.register(name, builder, origin)
+
+
+def _builtin(name: str, text: str, builder: Callable[[int, int], nn.Module]) -> None:
+    builder.__doc__ = text
+    STUDENTS.register(name, builder)
+
+
+_builtin("cnn_small", "3-stage CNN, 1 conv per stage", lambda nc, ic: ConvNet([16, 32, 64], 1, nc, ic))
+_builtin("cnn_medium", "3-stage CNN, 2 convs per stage", lambda nc, ic: ConvNet([24, 48, 64], 2, nc, ic))
+_builtin(
+    "cnn_large", "3-stage CNN, 2 convs per stage, wide", lambda nc, ic: ConvNet([48, 96, 160], 2, nc, ic)
+)
+_builtin("resnet8", "CIFAR ResNet-8", lambda nc, ic: CifarResNet(8, nc, ic))
+_builtin("resnet20", "CIFAR ResNet-20", lambda nc, ic: CifarResNet(20, nc, ic))
+_builtin("wrn_16_2", "Wide ResNet-16-2", lambda nc, ic: WideResNet(16, 2, nc, ic))

@@ -56,11 +56,17 @@ def check_student(name: str) -> tuple[str, str]:
 
 
 def create_student(name: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A student with random weights: mtkd's own or any timm model."""
+    """A student with random weights: mtkd's own, a registered (plugin) one, or any timm model.
+    It carries its name (`mtkd_name`), so a run given the module records it by name."""
     library, arch = check_student(name)
     if library == "mtkd":
-        return STUDENTS[arch][0](num_classes, in_chans)
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = STUDENTS[arch](num_classes, in_chans)
+        if not isinstance(model, nn.Module):
+            raise MtkdError(f"student '{name}' must be built as an nn.Module, got {type(model).__name__}")
+    else:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    model.mtkd_name = name
+    return model
 
 
 def check_pretrained(name: str, pretrained: str) -> None:

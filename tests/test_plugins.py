@@ -1,0 +1,128 @@
+"""Plugins: the example package under examples/ is pip-installed (editable) and its student,
+teacher, method and dataset are found by name in fresh processes: the CLI, a training script,
+and `mtkd evaluate` of a run whose student and data came from Python."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "examples" / "mtkd-plugin-example"
+
+
+@pytest.fixture(scope="module")
+def plugin() -> None:
+    """`pip install -e` the example plugin into this environment for the module's tests, then remove it."""
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    done = subprocess.run(
+        [*pip, "install", "--no-deps", *isolation, "-e", str(PLUGIN)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    yield
+    subprocess.run([*pip, "uninstall", "-y", "mtkd-plugin-example"], capture_output=True, text=True)
+
+
+def fresh(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MTKD_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+SCRIPT = """
+import torch, mtkd
+from torch import nn
+from torch.utils.data import TensorDataset
+from sklearn.datasets import load_digits
+from mtkd_plugin_example import tiny_seq
+
+d = load_digits()
+x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]   # float images in [0, 1]
+y = torch.tensor(d.target)
+train, test = TensorDataset(x[:1400], y[:1400]), TensorDataset(x[1400:], y[1400:])
+
+class Teacher(nn.Module):                       # a custom teacher: a linear classifier on the pixels
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        a = torch.cat([x[:1400].flatten(1).double(), torch.ones(1400, 1, dtype=torch.float64)], 1)
+        w = torch.linalg.lstsq(a, torch.eye(10, dtype=torch.float64)[y[:1400]] * 10).solution
+        with torch.no_grad():
+            self.fc.weight.copy_(w[:64].T.float()); self.fc.bias.copy_(w[64].float())
+    def forward(self, images):
+        return self.fc(images.flatten(1))
+
+student = tiny_seq(10, 1)                        # a plain nn.Sequential
+assert isinstance(student, nn.Sequential) and not hasattr(student, "mtkd_name")
+run = mtkd.train(student, model="tiny_seq", teachers=[Teacher()], data=(train, test), dataset="digits_float",
+                 methods=["features", "avg_kd"], epochs=12, batch_size=64, out="run", progress=False)
+print("TEST_ACC", run.test_acc)
+"""
+
+
+def test_a_run_from_python_is_evaluated_by_the_cli_in_a_fresh_process(plugin, tmp_path):
+    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
+    trained = fresh(["script.py"], tmp_path / "home", tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    test_acc = float(trained.stdout.split("TEST_ACC")[1])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["name"] == "tiny_seq" and summary["dataset"] == "digits_float" and test_acc > 0.5
+    evaluated = fresh(["-m", "mtkd", "evaluate", "run"], tmp_path / "home", tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "eval-best-test.json").read_text())
+    assert report["top1"] == pytest.approx(test_acc, abs=1e-6) and report["count"] == 397
+
+
+def test_the_cli_trains_with_a_plugin_student_teacher_method_and_dataset(plugin, tmp_path):
+    listed = fresh(["-m", "mtkd", "models"], tmp_path / "home", tmp_path)
+    assert "tiny_seq" in listed.stdout
+    args = ["-m", "mtkd", "train", "--model", "tiny_seq", "--dataset", "digits_float", "--teachers", "[digits_logreg]",
+            "--methods", "[logit_mse, features]", "--epochs", "2", "--out", "run", "--set", "output.progress=false"]  # fmt: skip
+    done = fresh(args, tmp_path / "home", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_logit_mse" in header and "train_features" in header
+    # The plugin teacher (logistic regression on the pixels) is a real one.
+    check = fresh(["-c", textwrap.dedent("""
+        import torch, mtkd
+        from mtkd_plugin_example import digits_float, digits_logreg
+        _, test = digits_float()
+        teacher = digits_logreg().bind(1, (8, 8))
+        x, y = test.tensors
+        print((teacher(x).argmax(1) == y).float().mean().item())
+    """)], tmp_path / "home", tmp_path)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert float(check.stdout) > 0.9
+
+
+def test_without_the_plugin_the_error_says_what_is_missing(tmp_path):
+    """An evaluation of a run whose data came from Python, where no plugin provides it."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch.utils.data import TensorDataset
+
+    import mtkd
+
+    d = load_digits()
+    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target)
+    run = mtkd.train("cnn_small", data=(TensorDataset(x[:1400], y[:1400]), TensorDataset(x[1400:], y[1400:])),
+                     dataset="my_photos", epochs=1, out=tmp_path / "r", progress=False)  # fmt: skip
+    done = fresh(["-m", "mtkd", "evaluate", str(run.folder)], tmp_path / "home", tmp_path)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "was trained on data given from Python ('my_photos'), which no dataset plugin provides here: "
+            "pass --data NAME (CLI) or data= (mtkd.evaluate)"
+        )
+    )
