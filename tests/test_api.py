@@ -160,6 +160,13 @@ def test_keywords_mirror_the_config():
         _overrides(TrainConfig, "train", {"epoch": 3})
     with pytest.raises(mtkd.MtkdError, match=r"bad value for 'schedule.epochs'"):
         mtkd.train("cnn_small", data="digits", epochs=0, out="never")
+    from mtkd.api import _config
+
+    # config= first (a mapping or a YAML path), then the keywords
+    cfg = _config(
+        TrainConfig, "train", {"optim": {"lr": 0.3, "name": "adamw"}, "schedule": {"epochs": 7}}, {"lr": 0.2}
+    )
+    assert (cfg.optim.lr, cfg.optim.name, cfg.schedule.epochs) == (0.2, "adamw", 7)
 
 
 def test_a_name_registered_twice_warns_and_the_later_wins():
@@ -185,6 +192,17 @@ def test_a_student_registered_from_python_trains_by_name_and_loads_without_its_m
     made = mtkd.create_student("api_seq_test", 10, 1)
     run2 = mtkd.train(made, data="digits", epochs=1, out=tmp_path / "r2", progress=False)
     assert yaml.safe_load((run2.folder / "config.yaml").read_text())["model"]["name"] == "api_seq_test"
+    # So is a module of the same architecture made by hand: the registry is asked, the RNG untouched.
+    torch.manual_seed(3)
+    by_hand = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    state = torch.random.get_rng_state()
+    run4 = mtkd.train(by_hand, data="digits", epochs=1, out=tmp_path / "r4", progress=False)
+    assert yaml.safe_load((run4.folder / "config.yaml").read_text())["model"]["name"] == "api_seq_test"
+    from mtkd.models.zoo import registered_name
+
+    torch.random.set_rng_state(state)
+    assert registered_name(by_hand, 10, 1) == "api_seq_test"
+    assert torch.equal(torch.random.get_rng_state(), state)
     with pytest.raises(mtkd.MtkdError, match="not the architecture 'cnn_small' builds"):
         mtkd.train(made, model="cnn_small", data="digits", epochs=1, out=tmp_path / "r3")
     assert not (tmp_path / "r3").exists()

@@ -61,15 +61,17 @@ class Teacher(nn.Module):                       # a custom teacher: a linear cla
     def forward(self, images):
         return self.fc(images.flatten(1))
 
-student = tiny_seq(10, 1)                        # a plain nn.Sequential
+student = tiny_seq(10, 1)                        # a plain nn.Sequential, given with no name
 assert isinstance(student, nn.Sequential) and not hasattr(student, "mtkd_name")
-run = mtkd.train(student, model="tiny_seq", teachers=[Teacher()], data=(train, test), dataset="digits_float",
+run = mtkd.train(student, teachers=[Teacher()], data=(train, test),
                  methods=["features", "avg_kd"], epochs=12, batch_size=64, out="run", progress=False)
 print("TEST_ACC", run.test_acc)
 """
 
 
 def test_a_run_from_python_is_evaluated_by_the_cli_in_a_fresh_process(plugin, tmp_path):
+    """The student module and the TensorDatasets are recognised as the plugin's (same architecture;
+    same images, labels and splits), so the run records them by name."""
     (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
     trained = fresh(["script.py"], tmp_path / "home", tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]

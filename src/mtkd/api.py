@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtkd.data import Dataset, as_dataset
+from mtkd.data import Dataset
+from mtkd.data.convert import PYTHON_DATA
 from mtkd.engine.builders import Normalised, load_deployable
 from mtkd.engine.config import (
     SHORT_KEYS,
@@ -101,8 +102,9 @@ def _config(
     return build_config(model, path, _overrides(model, command, options), mapping=mapping)
 
 
-def _data(data: Any, options: dict) -> Dataset | None:
-    """A name or data section goes into the config; data objects are returned to be given to the run."""
+def _data(data: Any, options: dict) -> Any:
+    """A name or data section goes into the config; data objects are returned to be given to the run
+    (converted there, with the config's data.val_fraction and data.split_seed)."""
     if data is None:
         return None
     if isinstance(data, (str, os.PathLike)):
@@ -112,11 +114,8 @@ def _data(data: Any, options: dict) -> Dataset | None:
         options["data"] = dict(data)
         return None
     name = options.pop("dataset", None) or (options.get("data") or {}).get("name")
-    dataset = as_dataset(data, str(name or "tensors"))
-    if name:
-        dataset.name = str(name)
-    options["dataset"] = dataset.name
-    return dataset
+    options["dataset"] = str(name or (data.name if isinstance(data, Dataset) else PYTHON_DATA))
+    return data
 
 
 def _run(folder: Path) -> Run:
@@ -137,7 +136,7 @@ def fit_teacher(
         options.update({f"teacher.{k}": v for k, v in teacher.items()})
     dataset = _data(data, options)
     cfg = _config(TeacherFitConfig, "teacher fit", config, options)
-    run_teacher_fit(cfg, resume=resume, dataset=dataset)
+    run_teacher_fit(cfg, resume=resume, data=dataset)
     return _run(Path(cfg.output.dir))
 
 
@@ -228,12 +227,9 @@ def evaluate(
     """Top-1, top-5, per-class accuracy and confusion matrix of a run (`mtkd evaluate`) on a split
     of its dataset, or of `data` (a name, or data from Python). `model`: the architecture of a
     student that was given from Python as a module."""
-    dataset = data
-    if data is not None and not isinstance(data, (str, os.PathLike)):
-        dataset = as_dataset(data, "tensors")
-    elif data is not None:
-        dataset = os.fspath(data)
-    return evaluate_checkpoint(_checkpoint(run), split, device, data=dataset, model=model)
+    if isinstance(data, os.PathLike):
+        data = os.fspath(data)
+    return evaluate_checkpoint(_checkpoint(run), split, device, data=data, model=model)
 
 
 def load_student(

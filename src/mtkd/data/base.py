@@ -73,6 +73,14 @@ class Dataset:
             raise MtkdError(f"unknown split '{name}' (allowed: train, val, test)")
         return getattr(self, name)
 
+    def fingerprint(self) -> str:
+        """A hash of every split's images and labels (the same data, split the same way)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (self.train, self.val, self.test):
+            digest.update(part.images.numpy().tobytes())
+            digest.update(part.labels.numpy().tobytes())
+        return digest.hexdigest()
+
     def meta(self) -> dict:
         """What a checkpoint records about its data, enough to rebuild inputs for prediction."""
         return {

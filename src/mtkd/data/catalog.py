@@ -144,6 +144,22 @@ def check_dataset(
         raise MtkdError(f"dataset '{name}' is not available here (see `mtkd datasets`)")
 
 
+def plugin_named(dataset: Dataset, val_fraction: float, split_seed: int) -> str | None:
+    """The name of the installed dataset plugin that gives exactly this data (same images, labels
+    and splits), if one does: data given from Python is then recorded by that name, so a fresh
+    process finds it again. Only plugins (entry points) are asked."""
+    fingerprint = dataset.fingerprint()
+    for name in DATASETS.names():
+        if not DATASETS.origin(name).startswith("plugin") or isinstance(DATASETS[name], DatasetEntry):
+            continue
+        try:
+            if _plugin_dataset(name, val_fraction, split_seed).fingerprint() == fingerprint:
+                return name
+        except MtkdError:
+            continue
+    return None
+
+
 def _unknown(name: str) -> str:
     return f"unknown dataset '{name}' (known: {', '.join(DATASETS.names())}, or folder:PATH)"
 

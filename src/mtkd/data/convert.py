@@ -20,6 +20,8 @@ from mtkd.data.base import Dataset, ImageSet, carve_validation
 from mtkd.data.images import image_to_tensor
 from mtkd.errors import MtkdError
 
+PYTHON_DATA = "tensors"  # the name a run records for data given from Python without a name
+
 
 def to_uint8_images(x: Any, what: str = "images") -> torch.Tensor:
     """A batch of images (tensor or array; uint8, or float in [0, 1] or [0, 255]) as uint8 [N, C, H, W]."""
@@ -82,7 +84,7 @@ def _classes(given: Sequence[str] | None, labels: list[torch.Tensor]) -> list[st
 
 def from_tensors(
     x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, classes: Sequence[str] | None = None,
-    x_val: Any = None, y_val: Any = None, name: str = "tensors", hflip: bool = True,
+    x_val: Any = None, y_val: Any = None, name: str = PYTHON_DATA, hflip: bool = True,
     val_fraction: float = 0.1, split_seed: int = 0,
 ) -> Dataset:  # fmt: skip
     """A Dataset from image tensors (or arrays) and labels; validation is carved from train
@@ -142,7 +144,7 @@ def _items(data: Any, what: str, size: tuple[int, int] | None) -> tuple[torch.Te
 
 
 def from_torch(
-    train: Any, test: Any, *, val: Any = None, classes: Sequence[str] | None = None, name: str = "tensors",
+    train: Any, test: Any, *, val: Any = None, classes: Sequence[str] | None = None, name: str = PYTHON_DATA,
     hflip: bool = True, val_fraction: float = 0.1, split_seed: int = 0,
 ) -> Dataset:  # fmt: skip
     """A Dataset from torch Datasets of (image, label) pairs: PIL images (resized to the first

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mtkd.data import DATASETS, Dataset
+from mtkd.data import DATASETS, as_dataset
 from mtkd.data.images import image_to_tensor, open_image
 from mtkd.engine.builders import load_model
 from mtkd.engine.config import DataConfig
@@ -36,19 +37,20 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
 
 
 def evaluate_checkpoint(
-    path: str, split: str = "test", device: str = "auto", batch_size: int = 512, data: str | Dataset | None = None,
+    path: str, split: str = "test", device: str = "auto", batch_size: int = 512, data: Any = None,
     model: nn.Module | None = None,
 ) -> dict:  # fmt: skip
     """Accuracy report of a checkpoint on a split of its own dataset (found again by its name: a
-    named dataset, folder:PATH or a dataset plugin) or of `data` (a name, or a Dataset from Python);
+    named dataset, folder:PATH or a dataset plugin) or of `data` (a name, or data from Python as
+    mtkd.data.as_dataset takes it, split as the run's config says);
     written next to the checkpoint as eval-<tag>-<split>.json. `model`: a module of the student's
     architecture, for a student that was given from Python."""
     dev = pick_device(device)
     model, meta, transform = load_model(path, dev, model)
-    if isinstance(data, Dataset):
-        dataset = data
+    data_cfg = DataConfig(**meta["config"]["data"])
+    if data is not None and not isinstance(data, str):
+        dataset = as_dataset(data, data_cfg.name, data_cfg.val_fraction, data_cfg.split_seed)
     else:
-        data_cfg = DataConfig(**meta["config"]["data"])
         if data is not None:
             data_cfg = data_cfg.model_copy(update={"name": data})
         elif data_cfg.name not in DATASETS and not data_cfg.name.startswith("folder:"):

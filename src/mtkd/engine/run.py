@@ -6,7 +6,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from rich.markup import escape
@@ -14,8 +14,10 @@ from torch import nn
 
 from mtkd.cache.teacher_cache import clean_features
 from mtkd.console import Milestones, make_progress, say
-from mtkd.data import Dataset, load_dataset
+from mtkd.data import Dataset, as_dataset, load_dataset
 from mtkd.data.batches import Normalize, batch_indices
+from mtkd.data.catalog import plugin_named
+from mtkd.data.convert import PYTHON_DATA
 from mtkd.dist import Dist, setup
 from mtkd.engine.builders import ImageTransform
 from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
@@ -29,7 +31,7 @@ from mtkd.io import atomic_write, file_lock, write_json
 from mtkd.models.adapters import OutputsView
 from mtkd.models.cost import count_macs, count_params
 from mtkd.models.teachers import TeacherNet, TeacherSpec
-from mtkd.models.zoo import create_student
+from mtkd.models.zoo import create_student, registered_name
 
 C = TypeVar("C", TrainConfig, TeacherFitConfig)
 
@@ -151,7 +153,7 @@ def _where(device: torch.device, place: Dist) -> str:
 
 
 def _start(
-    cfg: TrainConfig | TeacherFitConfig, resume: bool, dataset: Dataset | None = None
+    cfg: TrainConfig | TeacherFitConfig, resume: bool, data: Any = None
 ) -> tuple[Dist, torch.device, Dataset]:
     """What every run does first: claim the output folder, pick the device (and join the other
     processes under torchrun), load the data (unless given from Python), seed."""
@@ -160,7 +162,11 @@ def _start(
     place, device = setup(pick_device(cfg.train.device))
     resolve_precision(cfg.train.precision, device)  # an impossible precision stops here, before any file
     check_trackers(cfg.output)
-    dataset = dataset if dataset is not None else open_dataset(cfg.data)
+    if data is None:
+        dataset = open_dataset(cfg.data)
+    else:  # given from Python: a Dataset, or torch Datasets split here as the config says
+        dataset = as_dataset(data, cfg.data.name, cfg.data.val_fraction, cfg.data.split_seed)
+        dataset.name = cfg.data.name
     torch.manual_seed(cfg.train.seed)
     place.barrier()  # every process has checked the folder before rank 0 writes into it
     return place, device, dataset
@@ -172,7 +178,7 @@ class Given:
 
     student: nn.Module | None = None
     teachers: list[str | TeacherRef | nn.Module] | None = None  # replaces transfer.teachers
-    dataset: Dataset | None = None
+    data: Any = None  # a Dataset, or what mtkd.data.as_dataset takes
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, given: Given | None = None) -> dict:
@@ -215,9 +221,34 @@ def _same_architecture(module: nn.Module, built: nn.Module, name: str) -> None:
         )
 
 
+def _named(cfg: C, given: Given, dataset: Dataset) -> C:
+    """The config with what was given from Python without a name recorded by the name of the
+    registered student / plugin dataset that is the same thing, when there is one."""
+    update = {}
+    if (
+        given.student is not None and cfg.model.name.startswith("python:")
+        if isinstance(cfg, TrainConfig)
+        else False
+    ):
+        name = registered_name(given.student, dataset.num_classes, dataset.channels)
+        if name:
+            update["model"] = cfg.model.model_copy(update={"name": name})
+    if given.data is not None and cfg.data.name == PYTHON_DATA:
+        name = plugin_named(dataset, cfg.data.val_fraction, cfg.data.split_seed)
+        if name:
+            dataset.name = name
+            update["data"] = cfg.data.model_copy(update={"name": name})
+    for key, section in update.items():
+        say(
+            f"the {'student' if key == 'model' else 'data'} given is registered as '{section.name}': recorded by that name"
+        )
+    return cfg.model_copy(update=update) if update else cfg
+
+
 def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> dict:
     started = time.time()
-    place, device, dataset = _start(cfg, resume, given.dataset)
+    place, device, dataset = _start(cfg, resume, given.data)
+    cfg = _named(cfg, given, dataset)
     student, view, dim = _student(cfg, given, dataset, device)
     teachers = load_teachers(
         given.teachers if given.teachers is not None else list(cfg.transfer.teachers), dataset, device
@@ -294,17 +325,18 @@ def _extract(
     return place.gather_rows(torch.cat(out))
 
 
-def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False, dataset: Dataset | None = None) -> dict:
+def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False, data: Any = None) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
     with ExitStack() as stack:
         cfg = settle_threads(cfg, resume)
         stack.enter_context(compute_threads(cfg.train.threads))
-        return _teacher_fit(cfg, resume, stack, dataset)
+        return _teacher_fit(cfg, resume, stack, data)
 
 
-def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, dataset: Dataset | None) -> dict:
+def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, data: Any) -> dict:
     started = time.time()
-    place, device, dataset = _start(cfg, resume, dataset)
+    place, device, dataset = _start(cfg, resume, data)
+    cfg = _named(cfg, Given(data=data), dataset)
     t = cfg.teacher
     spec = TeacherSpec(
         t.name, t.pretrained, t.input_size, t.head, list(t.head_hidden), t.dropout, dataset.num_classes

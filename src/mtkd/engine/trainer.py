@@ -211,6 +211,7 @@ class Trainer:
         self.partial: dict | None = None  # an epoch stopped by a signal, to finish first on resume
         self.last_row: dict = {}
         self.stop = StopRequests()
+        self.resumed = False
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The evaluated model's logits for every row of x (inputs as the run holds them)."""
@@ -236,6 +237,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.start_epoch, self.best = int(state["epoch"]), dict(state["best"])
         self.partial, self.last_row = state.get("in_epoch"), dict(meta.get("metrics") or {})
+        self.resumed = True
         where = f"epoch {self.start_epoch}" + (f", step {self.partial['step']}" if self.partial else "")
         say(f"resuming {self.folder} after {where}")
 
@@ -245,6 +247,10 @@ class Trainer:
         SIGINT or SIGTERM stops it between two steps after saving `last` (with the position in
         the epoch), and raises Interrupted; `--resume` then continues from that very step.
         """
+        if not self.resumed and (self.folder / "last.json").is_file():
+            raise MtkdError(
+                f"{self.folder} already holds a run: resume it (Trainer.resume) or write elsewhere"
+            )
         log = (
             MetricsLog(self.folder, self.out, self.start_epoch, self.meta.get("config"), self.steps_per_epoch)
             if self.place.main

@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path
 
 import timm
+import torch
 import torchvision
 from torch import nn
 
@@ -67,6 +68,23 @@ def create_student(name: str, num_classes: int, in_chans: int) -> nn.Module:
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     model.mtkd_name = name
     return model
+
+
+def registered_name(module: nn.Module, num_classes: int, in_chans: int) -> str | None:
+    """The name of the one registered student (mtkd's or a plugin's) whose builder makes this
+    module's architecture: the same module tree and tensor shapes. Building them does not move
+    the random number generators, so a run's numbers do not depend on what is installed."""
+    arch, shapes = repr(module), {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = []
+    with torch.random.fork_rng(devices=[]):
+        for name, build in STUDENTS.items():
+            try:
+                made = build(num_classes, in_chans)
+            except Exception:  # noqa: BLE001 - a builder that cannot make this size is not a match
+                continue
+            if repr(made) == arch and {k: tuple(v.shape) for k, v in made.state_dict().items()} == shapes:
+                found.append(name)
+    return found[0] if len(found) == 1 else None
 
 
 def check_pretrained(name: str, pretrained: str) -> None:
