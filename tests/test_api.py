@@ -289,3 +289,30 @@ def _wandb_history(folder) -> list[dict]:
                     {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
                 )
     return rows
+
+
+def test_a_teacher_by_name_takes_its_own_input_size():
+    from mtkd.data import load_dataset
+    from mtkd.engine.config import TeacherRef, build_config
+    from mtkd.engine.transfer import load_teachers
+
+    ds = load_dataset("digits")
+    cfg = build_config(
+        TrainConfig,
+        overrides={"transfer.teachers": ["mobilenet_v2", {"name": "mobilenet_v2", "input_size": 48}]},
+    )
+    assert cfg.transfer.teachers[1] == TeacherRef(name="mobilenet_v2", input_size=48)
+    own, small = load_teachers(cfg.transfer.teachers, ds, torch.device("cpu"))
+    assert (own.net.input_size, small.net.input_size) == (224, 48)
+    assert own.sha != small.sha  # another input size, another cache
+    with torch.inference_mode():
+        images = ds.train.images[:2].float() / 255
+        assert small.net.prepare(images).shape == (2, 3, 48, 48)
+    assert small.recorded == {"name": "mobilenet_v2", "input_size": 48}
+    with pytest.raises(
+        mtkd.MtkdError,
+        match=r"bad value for 'transfer.teachers': teacher 0 \(mobilenet_v2\): input_size: must be greater than or equal to 16",
+    ):
+        build_config(
+            TrainConfig, overrides={"transfer.teachers": [{"name": "mobilenet_v2", "input_size": 2}]}
+        )

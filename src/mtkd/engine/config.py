@@ -158,6 +158,27 @@ class TransferConfig(Section):
     view_seed: int = Field(0, ge=0)
     cache_dtype: Literal["float16", "float32"] = "float16"
 
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _teacher_mappings(cls, v: Any) -> Any:
+        """A mapping is a TeacherRef: its own error, not the string branch's 'must be a valid string'."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, item in enumerate(v):
+            if isinstance(item, dict):
+                try:
+                    item = TeacherRef.model_validate(item)
+                except ValidationError as err:
+                    e = err.errors()[0]
+                    key = ".".join(map(str, e["loc"]))
+                    msg = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+                    if e["type"] == "extra_forbidden":
+                        msg = f"unknown key (allowed: {', '.join(TeacherRef.model_fields)})"
+                    raise ValueError(f"teacher {i} ({item.get('name', '?')}): {key}: {msg}") from None
+            out.append(item)
+        return out
+
     def method_specs(self) -> list[tuple[str, dict[str, Any]]]:
         specs = []
         for m in self.methods:
