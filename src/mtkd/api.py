@@ -27,8 +27,8 @@ from mtkd.engine.config import (
     SHORT_KEYS,
     Section,
     TeacherFitConfig,
-    TeacherRef,
     TrainConfig,
+    TransferConfig,
     build_config,
     leaf_fields,
 )
@@ -184,10 +184,10 @@ def train(
     given_teachers = None
     if teachers is not None:
         entries, has_modules = _teacher_entries(teachers)
-        if has_modules:
-            given_teachers = [
-                e if isinstance(e, (str, nn.Module)) else TeacherRef.model_validate(e) for e in entries
-            ]
+        if has_modules:  # the modules are given to the run; the rest are checked as the config would
+            named = [e for e in entries if not isinstance(e, nn.Module)]
+            checked = iter(build_config(TransferConfig, overrides={"teachers": named}).teachers)
+            given_teachers = [e if isinstance(e, nn.Module) else next(checked) for e in entries]
             options["teachers"] = []
         else:
             options["teachers"] = entries
