@@ -1,14 +1,17 @@
-"""Image-folder datasets: ROOT/train/<class>/*.png with ROOT/val/ and/or ROOT/test/ beside it."""
+"""Image-folder datasets: ROOT/train/<class>/*.png with ROOT/val/ and/or ROOT/test/ beside it,
+decoded once into a dataset store (mtkd.data.store)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mtkd.data.base import ImageSet
-from mtkd.data.images import IMAGE_SUFFIXES, image_to_tensor, is_grey, open_image
+from mtkd.data.images import IMAGE_SUFFIXES
+from mtkd.data.store import folder_store, read_headers
 from mtkd.errors import MtkdError
 
 
@@ -38,9 +41,10 @@ def find_splits(root: Path) -> dict[str, Path]:
 
 
 def load_image_folder(root: Path, image_size: int | None) -> tuple[list[str], dict[str, ImageSet]]:
-    """Decode every image once into memory. Grey if every image is grey, else RGB.
+    """Every split's images, decoded once into a dataset store (mtkd.data.store) and read from it.
 
-    Images are resized to `image_size` squared, or to the most common size in train/ when unset.
+    Grey if every image is grey, else RGB; resized to `image_size` squared, or to the most common
+    size in train/ when unset (both read from the files' headers).
     """
     splits = find_splits(root)
     per_split = {name: _class_files(path) for name, path in splits.items()}
@@ -48,21 +52,22 @@ def load_image_folder(root: Path, image_size: int | None) -> tuple[list[str], di
     for name, files in per_split.items():
         if list(files) != classes:
             raise MtkdError(f"class folders of {splits[name]} differ from those of {splits['train']}")
-    decoded = {
-        name: [(open_image(p), y) for y, cls in enumerate(classes) for p in files[cls]]
+    listed = {
+        name: [(p, y) for y, cls in enumerate(classes) for p in files[cls]]
         for name, files in per_split.items()
     }
-    channels = 1 if all(is_grey(img) for items in decoded.values() for img, _ in items) else 3
+    every = [p for items in listed.values() for p, _ in items]
+    headers = dict(zip(every, read_headers(every, f"{root.name}: reading image headers"), strict=True))
+    channels = 1 if all(grey for _, _, grey in headers.values()) else 3
     if image_size:
         size = (image_size, image_size)
     else:
-        (w, h), _ = Counter(img.size for img, _ in decoded["train"]).most_common(1)[0]
+        (w, h), _ = Counter(headers[p][:2] for p, _ in listed["train"]).most_common(1)[0]
         size = (h, w)
-    sets = {
-        name: ImageSet(
-            torch.stack([image_to_tensor(img, channels, size) for img, _ in items]),
-            torch.tensor([y for _, y in items]),
+    sets = {}
+    for name, items in listed.items():
+        images, labels = folder_store(
+            root, [p for p, _ in items], [y for _, y in items], channels, size, f"{root.name}/{name}"
         )
-        for name, items in decoded.items()
-    }
+        sets[name] = ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(labels))
     return classes, sets
