@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "mtkd-plugin-example"
@@ -128,3 +129,23 @@ def test_without_the_plugin_the_error_says_what_is_missing(tmp_path):
             "pass --data NAME (CLI) or data= (mtkd.evaluate)"
         )
     )
+
+
+def test_a_study_plans_with_plugin_components(plugin, tmp_path):
+    """Every run's config of a study naming a plugin student, method and dataset validates in a fresh process."""
+    (tmp_path / "study.yaml").write_text(textwrap.dedent("""
+        name: plugins
+        output: study
+        data: {name: digits_float}
+        seeds: [0, 1]
+        students: [tiny_seq, cnn_small]
+        teachers: [mobilenet_v2]
+        teacher_fit: {teacher: {input_size: 32}}
+        methods: [none, logit_mse]
+    """))  # fmt: skip
+    done = fresh(["-m", "mtkd", "study", "study.yaml", "--plan"], tmp_path / "home", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commands = [line for line in done.stdout.splitlines() if line.startswith("mtkd ")]
+    assert len(commands) == 1 + 2 * 2 * 2  # the teacher fit, then 2 students x 2 methods x 2 seeds
+    spec = yaml.safe_load(next((tmp_path / "study").rglob("tiny_seq*/**/job.yaml")).read_text())
+    assert spec["model"]["name"] == "tiny_seq" and spec["data"]["name"] == "digits_float"
