@@ -201,23 +201,14 @@ def study(
 ) -> dict:
     """Run (or finish) a study and write its report (`mtkd study`); returns the report's answers.
     `config`: a study YAML or a mapping of the same shape; options are study keys (`output=`, `seeds=`)."""
-    from mtkd.study.config import StudyConfig
+    from mtkd.study.config import StudyConfig, load_study_config
     from mtkd.study.runner import run_study
 
-    path = config if isinstance(config, (str, os.PathLike)) else None
-    mapping = dict(config) if isinstance(config, Mapping) else None
-    overrides = dict(options)
-    if path is not None and "name" not in overrides:
-        from mtkd.engine.config import read_yaml
-
-        if "name" not in read_yaml(path):
-            overrides["name"] = Path(path).stem
-    cfg = build_config(StudyConfig, path, overrides, mapping=mapping)
+    if isinstance(config, (str, os.PathLike)):
+        cfg = load_study_config(config, overrides=options)
+    else:
+        cfg = build_config(StudyConfig, overrides=options, mapping=dict(config))
     return run_study(cfg, workers=jobs, report=True, run=not report_only)
-
-
-def _checkpoint(run: str | os.PathLike) -> str:
-    return os.fspath(run)
 
 
 def evaluate(
@@ -229,7 +220,7 @@ def evaluate(
     student that was given from Python as a module."""
     if isinstance(data, os.PathLike):
         data = os.fspath(data)
-    return evaluate_checkpoint(_checkpoint(run), split, device, data=data, model=model)
+    return evaluate_checkpoint(os.fspath(run), split, device, data=data, model=model)
 
 
 def load_student(
@@ -239,7 +230,7 @@ def load_student(
     in [0, 1], [N, C, H, W], normalises them itself and returns logits; in eval mode. `classes`
     and `image_size` say what it was trained on. `model`: the architecture of a student that was
     given from Python as a module (its weights are loaded into it)."""
-    net, meta = load_deployable(_checkpoint(run), torch.device(device), model)
+    net, meta = load_deployable(os.fspath(run), torch.device(device), model)
     net.classes = list(meta["data"]["classes"])
     net.image_size = tuple(meta["data"]["image_size"])
     return net

@@ -252,11 +252,14 @@ def settle_threads(cfg: StudyConfig) -> StudyConfig:
 
 
 def load_study_config(
-    path: str | Path, sets: list[str] | None = None, output: str | None = None
+    path: str | Path,
+    sets: list[str] | None = None,
+    output: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> StudyConfig:
-    """Defaults, then the YAML file, then --set overrides; `name` defaults to the file's stem."""
-    overrides: dict[str, Any] = {}
-    if "name" not in read_yaml(path):
+    """Defaults, then the YAML file, then overrides and --set; `name` defaults to the file's stem."""
+    overrides = dict(overrides or {})
+    if "name" not in overrides and "name" not in read_yaml(path):
         overrides["name"] = Path(path).stem
     if output is not None:
         overrides["output"] = output
