@@ -89,3 +89,40 @@ def test_a_damaged_store_is_rebuilt_and_an_interrupted_build_resumes(tmp_path, m
     assert len(everything) == 1200 and sorted(map(bytes, everything)) == sorted(
         bytes(t.numpy()) for t in direct
     )
+
+
+def test_training_from_the_store_on_disk_equals_training_in_memory_and_reads_only_batches(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    import mtkd
+    from mtkd.data.store import StoredImages
+    from mtkd.engine.config import config_difference
+
+    root = _folder(tmp_path / "data", per_class=150, size=12)
+    read = []
+    real = StoredImages.__getitem__
+
+    def counting(self, index):
+        out = real(self, index)
+        read.append(len(out))
+        return out
+
+    monkeypatch.setattr(StoredImages, "__getitem__", counting)
+    options = dict(
+        data=f"folder:{root}", image_size=10, epochs=2, batch_size=32, eval_batch_size=64, progress=False,
+        teachers=[], methods=["none"],
+    )  # fmt: skip
+    disk = mtkd.train("cnn_small", out=tmp_path / "disk", in_memory=False, **options)
+    assert read and max(read) <= 512  # batches, eval batches and statistics chunks: never a split
+    assert sum(read) > 2 * 270  # every epoch read its batches from disk
+    read.clear()
+    memory = mtkd.train("cnn_small", out=tmp_path / "memory", in_memory=True, **options)
+    assert sorted(read) == [80, 300]  # in memory: each split read whole, once
+    assert disk.test_acc == memory.test_acc
+    a, b = mtkd.load_student(disk), mtkd.load_student(memory)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    # The config does not record where the images were held: either run resumes the other's way.
+    assert config_difference({"data": {"in_memory": False}}, {"data": {"in_memory": True}}) == ""

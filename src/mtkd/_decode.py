@@ -30,6 +30,9 @@ def decode(paths: list[str], channels: int, height: int, width: int) -> np.ndarr
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as img:
+                # A JPEG much larger than the store is decoded at 1/2, 1/4 or 1/8 scale (never below
+                # the store's size): several times faster on photos, then resized as any image.
+                img.draft("L" if channels == 1 else "RGB", (width, height))
                 img.load()
                 img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (width, height):
@@ -41,5 +44,22 @@ def decode(paths: list[str], channels: int, height: int, width: int) -> np.ndarr
     return out
 
 
-def decode_task(task: tuple[list[str], int, int, int]) -> np.ndarray | str:
-    return decode(*task)
+def decode_task(task: tuple[list[str], int, int, int, str, int]) -> str:
+    """Decode a block of files and write it into the store's file at `offset`: its SHA-256, or
+    the first failure as a line."""
+    import hashlib
+    import os
+
+    paths, channels, height, width, target, offset = task
+    out = decode(paths, channels, height, width)
+    if isinstance(out, str):
+        return out
+    raw = memoryview(out).cast("B")
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        at = 0
+        while at < len(raw):
+            at += os.pwrite(fd, raw[at:], offset + at)
+    finally:
+        os.close(fd)
+    return hashlib.sha256(raw).hexdigest()

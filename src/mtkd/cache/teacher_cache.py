@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mtkd.console import Milestones, make_progress, say
+from mtkd.data.base import Images, images_digest
 from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip
 from mtkd.dist import SINGLE, Dist
 from mtkd.errors import MtkdError
@@ -156,9 +157,9 @@ def computed_by(device: torch.device) -> str:
     return f"cpu/{torch.get_num_threads()} threads" if device.type == "cpu" else device.type
 
 
-def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
+def content_hash(images: Images, labels: torch.Tensor) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(images.numpy().tobytes())
+    digest.update(images_digest(images).encode())
     digest.update(labels.numpy().tobytes())
     return digest.hexdigest()
 

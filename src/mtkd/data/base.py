@@ -1,9 +1,13 @@
-"""In-memory image sets, deduplication and seeded stratified splits."""
+"""Image sets (uint8 tensors in memory, or rows of a dataset store on disk), deduplication and seeded
+stratified splits."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -11,13 +15,20 @@ from sklearn.model_selection import train_test_split
 
 from mtkd.errors import MtkdError
 
+if TYPE_CHECKING:
+    from mtkd.data.store import StoredImages
+
+
+Images = Union[torch.Tensor, "StoredImages"]
+
 
 @dataclass
 class ImageSet:
-    """Images as uint8 [N, C, H, W] and integer labels [N]."""
+    """Images as uint8 [N, C, H, W] (a tensor, or a store's rows read when indexed) and integer labels [N]."""
 
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
+    files: list[str] | None = None  # the image files the rows were decoded from (an image folder)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -33,7 +44,14 @@ class ImageSet:
 
     def subset(self, index: np.ndarray | torch.Tensor) -> ImageSet:
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index])
+        files = None if self.files is None else [self.files[i] for i in index.tolist()]
+        if isinstance(self.images, torch.Tensor):
+            return ImageSet(self.images[index], self.labels[index], files)
+        return ImageSet(self.images.subset(index.numpy()), self.labels[index], files)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.images, torch.Tensor)
 
 
 @dataclass
@@ -52,9 +70,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if not self.mean:
-            pixels = self.train.images.float().div_(255).transpose(0, 1).reshape(self.channels, -1)
-            self.mean = pixels.mean(1).tolist()
-            self.std = pixels.std(1).clamp_min(1e-3).tolist()
+            self.mean, self.std = channel_stats(self.train.images)
 
     @property
     def channels(self) -> int:
@@ -77,7 +93,7 @@ class Dataset:
         """A hash of every split's images and labels (the same data, split the same way)."""
         digest = hashlib.blake2b(digest_size=16)
         for part in (self.train, self.val, self.test):
-            digest.update(part.images.numpy().tobytes())
+            digest.update(images_digest(part.images).encode())
             digest.update(part.labels.numpy().tobytes())
         return digest.hexdigest()
 
@@ -92,6 +108,51 @@ class Dataset:
             "std": self.std,
             "sizes": {s: len(self.split(s)) for s in ("train", "val", "test")},
         }
+
+
+def chunks(images: Images, pixels: int = 1 << 24) -> Iterator[torch.Tensor]:
+    """Every image in order, as uint8 tensors of about `pixels` values each."""
+    rows = max(1, pixels // max(1, math.prod(images.shape[1:])))
+    for start in range(0, len(images), rows):
+        yield images[start : start + rows]
+
+
+def _memo(images: Images, what: str, compute: Callable[[], Any]) -> Any:
+    return compute() if isinstance(images, torch.Tensor) else images.memo(what, compute)
+
+
+def images_digest(images: Images) -> str:
+    """BLAKE2b of the images' bytes in order (the same for a tensor and a store holding them)."""
+
+    def compute() -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for chunk in chunks(images):
+            digest.update(chunk.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    return _memo(images, "digest", compute)
+
+
+def channel_stats(images: Images) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) standard deviation of the pixels in [0, 1], from exact integer
+    sums, so they do not depend on how the images are read; the deviation is at least 1e-3."""
+
+    def compute() -> list[list[float]]:
+        counts = torch.zeros(images.shape[1], 256, dtype=torch.int64)
+        for chunk in chunks(images):
+            for c in range(counts.shape[0]):
+                counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256)
+        values = torch.arange(256, dtype=torch.int64)
+        mean, std = [], []
+        for row in counts:
+            n, s, q = int(row.sum()), int((row * values).sum()), int((row * values * values).sum())
+            mean.append(s / n / 255)
+            var = (n * q - s * s) / (n * max(1, n - 1)) / 255**2
+            std.append(max(math.sqrt(max(var, 0.0)), 1e-3))
+        return [mean, std]
+
+    mean, std = _memo(images, "stats", compute)
+    return mean, std
 
 
 def image_hashes(images: np.ndarray) -> list[str]:

@@ -1,13 +1,18 @@
-"""Batches from in-memory uint8 tensors, with augmentation done on whole batches.
+"""Batches from uint8 images (in memory, or a dataset store's rows), with augmentation done on
+whole batches.
 
 No DataLoader and no per-sample PIL work: an epoch is a seeded permutation, a batch is an
-index into the uint8 tensor, and random crop / flip are tensor operations on the batch.
+index into the uint8 images, and random crop / flip are tensor operations on the batch. Rows
+of a store are read by a background thread a few batches ahead of the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +30,29 @@ def batch_indices(
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
+
+
+def fetched(x: Any, indices: Iterable[Any], ahead: int = 2) -> Iterator[torch.Tensor]:
+    """x[i] for each i in order. From a tensor, as it is; from a store (mtkd.data.store), read by one
+    background thread `ahead` batches before they are needed (reads release the GIL)."""
+    if isinstance(x, torch.Tensor):
+        for index in indices:
+            yield x[index]
+        return
+    todo = iter(indices)
+    with ThreadPoolExecutor(1, thread_name_prefix="mtkd-read") as pool:
+        pending = deque(pool.submit(x.__getitem__, i) for _, i in zip(range(ahead), todo, strict=False))
+        while pending:
+            batch = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:
+                pending.append(pool.submit(x.__getitem__, following))
+            yield batch
+
+
+def row_slices(start: int, stop: int, batch_size: int) -> list[slice]:
+    """Rows start..stop-1 in order, batch_size at a time."""
+    return [slice(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
 
 
 @dataclass

@@ -96,8 +96,12 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = True,
     image_size: int | None = None,
+    in_memory: bool | str = "auto",
 ) -> Dataset:
-    """Load a named dataset or `folder:PATH` into memory with train / val / test splits.
+    """Load a named dataset or `folder:PATH` with train / val / test splits.
+
+    Named datasets live in memory; an image folder is decoded once into a dataset store and held
+    in memory or read from disk batch by batch (`in_memory`: True, False, or "auto").
 
     The validation split is carved from train (stratified, seeded by `split_seed`) unless
     the source has its own; the test split is never touched by training.
@@ -107,7 +111,7 @@ def load_dataset(
         raise MtkdError(f"data directory not found: {data_dir}")
     if name.startswith("folder:"):
         root = Path(name.removeprefix("folder:")).expanduser()
-        classes, splits = load_image_folder(root, image_size)
+        classes, splits = load_image_folder(root, image_size, in_memory)
         source, hflip = f"image folder {root}", True
         if "test" not in splits:  # val/ only: it is the held-out split; validation comes from train
             splits["test"] = splits.pop("val")

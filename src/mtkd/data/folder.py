@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mtkd.data.base import ImageSet
 from mtkd.data.images import IMAGE_SUFFIXES
-from mtkd.data.store import folder_store, read_headers
+from mtkd.data.store import folder_store, memory_available, read_headers
 from mtkd.errors import MtkdError
 
 
@@ -40,8 +39,12 @@ def find_splits(root: Path) -> dict[str, Path]:
     return splits
 
 
-def load_image_folder(root: Path, image_size: int | None) -> tuple[list[str], dict[str, ImageSet]]:
-    """Every split's images, decoded once into a dataset store (mtkd.data.store) and read from it.
+def load_image_folder(
+    root: Path, image_size: int | None, in_memory: bool | str = "auto"
+) -> tuple[list[str], dict[str, ImageSet]]:
+    """Every split's images, decoded once into a dataset store (mtkd.data.store), then copied into
+    memory or read from the store batch by batch (`in_memory`: True, False, or "auto": in memory
+    when every split together takes under a quarter of the memory this process may use).
 
     Grey if every image is grey, else RGB; resized to `image_size` squared, or to the most common
     size in train/ when unset (both read from the files' headers).
@@ -64,10 +67,17 @@ def load_image_folder(root: Path, image_size: int | None) -> tuple[list[str], di
     else:
         (w, h), _ = Counter(headers[p][:2] for p, _ in listed["train"]).most_common(1)[0]
         size = (h, w)
-    sets = {}
-    for name, items in listed.items():
-        images, labels = folder_store(
+    stored = {
+        name: folder_store(
             root, [p for p, _ in items], [y for _, y in items], channels, size, f"{root.name}/{name}"
         )
-        sets[name] = ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(labels))
-    return classes, sets
+        for name, items in listed.items()
+    }
+    if in_memory == "auto":
+        in_memory = sum(images.nbytes for images, _ in stored.values()) < memory_available() // 4
+    return classes, {
+        name: ImageSet(
+            images[:] if in_memory else images, torch.from_numpy(labels), [str(p) for p, _ in listed[name]]
+        )
+        for name, (images, labels) in stored.items()
+    }

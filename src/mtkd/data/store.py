@@ -6,7 +6,11 @@ modification times), the resolution, the channel count and the format, so an edi
 removed file makes another store. Decoding runs in worker processes (they import PIL and numpy
 only) and shows progress; an interrupted build resumes from `progress.json`; `meta.json`, written
 last, records the SHA-256 of every block of BLOCK images, and every block is checked when the
-store is opened: a truncated or altered store is rebuilt, never used.
+store is opened after its file changed: a truncated or altered store is rebuilt, never used.
+
+Runs read a store through `StoredImages`: rows are read with `pread` into a batch-sized buffer
+when asked for, so the process holds a few batches, never the array (nothing is memory-mapped:
+a store larger than the memory, or the address space, a process is given still trains).
 """
 
 from __future__ import annotations
@@ -14,21 +18,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from mtkd.console import Milestones, make_progress, say
 from mtkd.errors import MtkdError
 from mtkd.io import cache_dir, file_lock, read_json, write_json
 
 BLOCK = 512  # images per decoding task and per integrity hash
-FORMAT = 1
+FORMAT = 2  # 2: JPEGs are decoded at a reduced scale (PIL draft) when much larger than the store
 
 
 def _workers() -> int:
@@ -38,8 +46,44 @@ def _workers() -> int:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # spawn: workers import mtkd._decode (PIL, numpy) and nothing of the parent's threads or torch.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    # fork where there is one (as torch's DataLoader): a spawned worker would run the caller's
+    # script again, which fails in a script without `if __name__ == "__main__":`. The workers run
+    # mtkd._decode (PIL, numpy) only, never torch or a lock of the parent's threads.
+    methods = multiprocessing.get_all_start_methods()
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    )
+
+
+def memory_available() -> int:
+    """Bytes this process may still use: the least of the system's available memory, its memory
+    cgroup's limit (containers, `systemd-run -p MemoryMax=`; v1 or v2) less what the process holds,
+    and its address-space limit (`ulimit -v`) less what it has mapped."""
+    import resource
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    found = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mapped, resident = (int(v) * page for v in Path("/proc/self/statm").read_text().split()[:2])
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, where = line.split(":", 2)
+            base = "/sys/fs/cgroup" if controllers == "" else "/sys/fs/cgroup/memory"
+            if controllers not in ("", "memory"):
+                continue
+            name = "memory.max" if controllers == "" else "memory.limit_in_bytes"
+            for folder in (Path(base + where), Path(base)):
+                if (folder / name).is_file():
+                    limit = (folder / name).read_text().strip()
+                    if limit != "max" and int(limit) < 1 << 60:
+                        found.append(int(limit) - resident)
+                    break
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            found.append(soft - mapped)
+    return max(0, min(found)) if found else 1 << 62
 
 
 def read_headers(files: list[Path], label: str) -> list[tuple[int, int, bool]]:
@@ -66,27 +110,65 @@ def store_key(root: Path, files: list[Path], channels: int, size: tuple[int, int
     return digest.hexdigest()[:24]
 
 
-def _block_hashes(images: np.ndarray) -> list[str]:
-    return [hashlib.sha256(images[i : i + BLOCK].tobytes()).hexdigest() for i in range(0, len(images), BLOCK)]
+def _layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """(shape, byte offset of the data) of a uint8 .npy file, from its header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read(fh)
+        if dtype != np.uint8 or fortran:
+            raise ValueError("layout")
+        return tuple(shape), fh.tell()
 
 
-def _open(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(images memory-mapped read-only, labels) of a finished, intact store, else None."""
+def _file_hashes(path: Path, offset: int, block_bytes: int, blocks: int) -> list[str]:
+    """SHA-256 of each block of the file's data, read in order into one buffer (never mapped, so
+    checking a store larger than memory does not grow the process)."""
+    buffer = bytearray(block_bytes)
+    out = []
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        for _ in range(blocks):
+            got = fh.readinto(buffer)
+            out.append(hashlib.sha256(memoryview(buffer)[:got]).hexdigest())
+    return out
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _open(folder: Path) -> tuple[tuple[int, ...], int, np.ndarray] | None:
+    """(shape, data offset, labels) of a finished, intact store, else None.
+
+    Every block's hash is checked the first time a store is opened, and again whenever its file
+    has changed since (size, modification and change times, inode: `checked.json`), so a store
+    of many gigabytes is read through once, not at every run.
+    """
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
     try:
         meta = read_json(meta_path)
-        images = np.load(folder / "images.npy", mmap_mode="r")
+        path = folder / "images.npy"
+        shape, offset = _layout(path)
         labels = np.load(folder / "labels.npy")
-        if list(images.shape) != meta["shape"] or len(labels) != meta["shape"][0]:
+        if list(shape) != meta["shape"] or len(labels) != meta["shape"][0]:
             raise ValueError("shape")
-        if (
-            _block_hashes(images) != meta["blocks"]
-            or hashlib.sha256(labels.tobytes()).hexdigest() != meta["labels"]
-        ):
-            raise ValueError("hash")
-        return images, labels
+        if hashlib.sha256(labels.tobytes()).hexdigest() != meta["labels"]:
+            raise ValueError("labels")
+        if path.stat().st_size != offset + math.prod(shape):
+            raise ValueError("size")
+        checked = folder / "checked.json"
+        if read_json(checked, default=None) != _stat(path):
+            row = math.prod(shape[1:])
+            if _file_hashes(path, offset, BLOCK * row, len(meta["blocks"])) != meta["blocks"]:
+                raise ValueError("hash")
+            write_json(checked, _stat(path))
+        return shape, offset, labels
     except (ValueError, KeyError, OSError, MtkdError):
         say(f"dataset store {folder.name} is truncated or altered; rebuilding it")
         return None
@@ -94,7 +176,7 @@ def _open(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 def folder_store(
     root: Path, files: list[Path], labels: list[int], channels: int, size: tuple[int, int], label: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[StoredImages, np.ndarray]:
     """The images of `files` at `size` as a store: opened when it exists, built (or finished) when not."""
     key = store_key(root, files, channels, size)
     folder = cache_dir() / "stores" / key
@@ -105,12 +187,15 @@ def folder_store(
             found = _open(folder)
     if found is None:
         raise MtkdError(f"dataset store {folder} could not be read back after building it")
-    return found
+    shape, offset, stored_labels = found
+    return StoredImages(folder, shape, offset), stored_labels
 
 
 def _build(
     folder: Path, files: list[Path], labels: np.ndarray, channels: int, size: tuple[int, int], label: str
 ) -> None:
+    """Decode the files into `images.partial.npy` block by block: each worker writes its block in
+    place and returns its hash; `progress.json` records the blocks done, in order, for a resume."""
     from mtkd._decode import decode_task
 
     n, (h, w) = len(files), size
@@ -118,39 +203,131 @@ def _build(
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     partial_path, progress_path = folder / "images.partial.npy", folder / "progress.json"
-    mode = "r+" if partial_path.is_file() else "w+"
-    images = np.lib.format.open_memmap(partial_path, mode=mode, dtype=np.uint8, shape=(n, channels, h, w))
-    done = int(read_json(progress_path, default={}).get("done", 0)) if mode == "r+" else 0
-    starts = list(range(done - done % BLOCK, n, BLOCK))
-    gib = n * channels * h * w / 2**30
+    progress = read_json(progress_path, default={}) if partial_path.is_file() else {}
+    if not progress:  # a new file of the full size (sparse until written)
+        made = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.uint8, shape=(n, channels, h, w))
+        del made
+    _, offset = _layout(partial_path)
+    blocks: list[str] = list(progress.get("blocks", []))
+    done = len(blocks) * BLOCK
+    row = channels * h * w
+    gib = n * row / 2**30
     say(
         f"{label}: decoding {n - done} of {n} images once into a store at {h}x{w} ({gib:.2f} GiB) in {folder}"
     )
     bar, lines = make_progress(True), Milestones(label, n, done)
     began, decoded = time.perf_counter(), 0
-    tasks = [([str(p) for p in files[s : s + BLOCK]], channels, h, w) for s in starts]
+    starts = list(range(done, n, BLOCK))
+    tasks = [
+        ([str(p) for p in files[s : s + BLOCK]], channels, h, w, str(partial_path), offset + s * row)
+        for s in starts
+    ]
     # Worker processes pay for themselves from a few blocks on; fewer are decoded here.
     pool = _pool(_workers()) if len(tasks) >= 4 else None
     results = pool.map(decode_task, tasks) if pool is not None else map(decode_task, tasks)
     with bar, pool or contextlib.nullcontext():
         task = bar.add_task(label, total=n, completed=done, loss=0.0, acc=0.0, ips=0.0)
         for start, out in zip(starts, results, strict=True):
-            if isinstance(out, str):
+            if out.startswith("cannot") or out.startswith("image file"):
                 raise MtkdError(out)
-            images[start : start + len(out)] = out
-            images.flush()
-            write_json(progress_path, {"done": start + len(out)})  # blocks come back in order
-            decoded += len(out)
+            blocks.append(out)
+            write_json(progress_path, {"blocks": blocks})  # results come back in order
+            stop = min(n, start + BLOCK)
+            decoded += stop - start
             ips = decoded / (time.perf_counter() - began)
-            bar.update(task, completed=start + len(out), ips=ips)
-            lines.update(start + len(out), ips)
-    images.flush()
-    blocks = _block_hashes(images)
-    del images
+            bar.update(task, completed=stop, ips=ips)
+            lines.update(stop, ips)
+    with open(partial_path, "rb+") as fh:
+        os.fsync(fh.fileno())
     partial_path.replace(folder / "images.npy")
     np.save(folder / "labels.npy", labels)
+    write_json(folder / "checked.json", _stat(folder / "images.npy"))  # hashed as it was written
     write_json(folder / "meta.json", {
         "format": FORMAT, "shape": [n, channels, h, w], "blocks": blocks,
         "labels": hashlib.sha256(labels.tobytes()).hexdigest(), "files": n,
     })  # fmt: skip
     progress_path.unlink(missing_ok=True)
+
+
+class StoredImages:
+    """Rows of a store's uint8 [N, C, H, W] array, read from disk when indexed.
+
+    Indexing with a slice, an integer array or tensor returns a uint8 tensor of those rows (read
+    with `pread`, in file order, one read per contiguous run); `subset` makes a lazy view of some
+    rows (a split carved from another).
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], offset: int, rows: np.ndarray | None = None):
+        self.folder, self.offset = Path(folder), int(offset)
+        self._full = tuple(int(d) for d in shape)
+        self.rows = np.arange(self._full[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.row_bytes = math.prod(self._full[1:])
+        self._fd: tuple[int, int] | None = None  # (pid, fd): a forked worker opens its own
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self._full[1:]))
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * self.row_bytes
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> StoredImages:
+        return StoredImages(self.folder, self._full, self.offset, self.rows[np.asarray(index)])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._fd[0] != os.getpid():
+            self._fd = (os.getpid(), os.open(self.folder / "images.npy", os.O_RDONLY))
+        return self._fd[1]
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None and self._fd[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd[1])
+
+    def __getitem__(self, index: slice | np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
+        wanted = (
+            self.rows[index] if isinstance(index, slice) else self.rows[np.asarray(index, dtype=np.int64)]
+        )
+        out = np.empty((len(wanted), *self._full[1:]), dtype=np.uint8)
+        flat = out.reshape(len(wanted), -1)
+        fd, size = self._descriptor(), self.row_bytes
+        order = np.argsort(wanted, kind="stable")
+        # One read per run of rows consecutive both in the file and in the output (a slice: one read).
+        breaks = np.flatnonzero((np.diff(wanted[order]) != 1) | (np.diff(order) != 1)) + 1
+        for run in np.split(order, breaks) if len(order) else []:
+            first = int(run[0])
+            target = memoryview(flat[first : first + len(run)]).cast("B")
+            at = self.offset + int(wanted[first]) * size
+            while len(target):  # a read returns at most 2 GiB
+                got = os.preadv(fd, [target], at)
+                if got <= 0:
+                    raise MtkdError(
+                        f"dataset store {self.folder} is shorter than its metadata says: rebuild it"
+                    )
+                target, at = target[got:], at + got
+        return torch.from_numpy(out)
+
+    def chunks(self, rows: int = BLOCK) -> Iterator[torch.Tensor]:
+        """Every row in order, `rows` at a time."""
+        for start in range(0, len(self), rows):
+            yield self[start : start + rows]
+
+    def memo(self, what: str, compute: Callable[[], Any]) -> Any:
+        """A value derived from these rows (a digest, channel statistics), computed once per store."""
+        rows = hashlib.sha256(self.rows.tobytes()).hexdigest()[:24]
+        path = self.folder / "memo" / f"{what}-{rows}.json"
+        found = read_json(path, default=None)
+        if found is None:
+            found = {"value": compute()}
+            write_json(path, found)
+        return found["value"]

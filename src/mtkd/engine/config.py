@@ -28,6 +28,11 @@ class DataConfig(Section):
     split_seed: int = Field(0, ge=0, description="seed of the validation split")
     download: bool = Field(True, description="download torchvision datasets when missing")
     image_size: int | None = Field(None, ge=4, le=1024, description="resize image-folder datasets to this")
+    in_memory: Literal["auto"] | bool = Field(
+        "auto",
+        description="hold an image folder's store in memory (true), read it from disk batch by batch "
+        "(false), or in memory when it takes under a quarter of the memory available (auto)",
+    )
 
 
 class OptimConfig(Section):
@@ -368,6 +373,8 @@ def config_difference(old: dict | None, new: dict | None) -> str:
 
 def _run_defining(config: dict | None) -> dict:
     config = {k: v for k, v in (config or {}).items() if k != "output"}
+    if isinstance(config.get("data"), dict):  # the same bits whether the images are in memory or not
+        config["data"] = {k: v for k, v in config["data"].items() if k != "in_memory"}
     if isinstance(config.get("train"), dict):
         ignored = ("device", "channels_last", "compile")
         config["train"] = {

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -78,6 +79,7 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Page-locked host memory for fast non-blocking copies to a CUDA device; unchanged otherwise."""
-    return t.pin_memory() if device.type == "cuda" else t
+def pinned(t: Any, device: torch.device) -> Any:
+    """Page-locked host memory for fast non-blocking copies to a CUDA device; unchanged otherwise
+    (and for a dataset store's rows, which are read batch by batch)."""
+    return t.pin_memory() if device.type == "cuda" and isinstance(t, torch.Tensor) else t

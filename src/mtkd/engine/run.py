@@ -15,7 +15,8 @@ from torch import nn
 from mtkd.cache.teacher_cache import clean_features
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, as_dataset, load_dataset
-from mtkd.data.batches import Normalize, batch_indices
+from mtkd.data.base import Images
+from mtkd.data.batches import Normalize, fetched, row_slices
 from mtkd.data.catalog import plugin_named
 from mtkd.data.convert import PYTHON_DATA
 from mtkd.dist import Dist, setup
@@ -38,7 +39,7 @@ C = TypeVar("C", TrainConfig, TeacherFitConfig)
 
 def open_dataset(cfg: DataConfig) -> Dataset:
     return load_dataset(
-        cfg.name, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.download, cfg.image_size
+        cfg.name, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.download, cfg.image_size, cfg.in_memory
     )
 
 
@@ -302,25 +303,26 @@ def _class_path(module: nn.Module) -> str:
 
 @torch.inference_mode()
 def _extract(
-    teacher: TeacherNet, images: torch.Tensor, batch_size: int, device: torch.device, label: str, place: Dist
+    teacher: TeacherNet, images: Images, batch_size: int, device: torch.device, label: str, place: Dist
 ) -> torch.Tensor:  # fmt: skip
     """The frozen backbone's feature map for every image, computed once (a probe with a flatten
     head; a gap head's pooled features come from `clean_features`), shared among processes."""
     teacher.eval()
-    images = images[place.shard(len(images))]
-    say(f"{label}: {len(images)} images through the frozen backbone, once")
+    part = place.shard(len(images))
+    n = part.stop - part.start
+    say(f"{label}: {n} images through the frozen backbone, once")
     out = []
     progress = make_progress(True)
     with progress:
-        task = progress.add_task(label, total=len(images), loss=0.0, acc=0.0, ips=0.0)
+        task = progress.add_task(label, total=n, loss=0.0, acc=0.0, ips=0.0)
         start, done = time.perf_counter(), 0
-        lines = Milestones(label, len(images))
-        for index in batch_indices(len(images), batch_size, False):
-            fmap = teacher.forward_features(images[index].to(device).float() / 255.0)
+        lines = Milestones(label, n)
+        for batch in fetched(images, row_slices(part.start, part.stop, batch_size)):
+            fmap = teacher.forward_features(batch.to(device).float() / 255.0)
             out.append(fmap.cpu())
-            done += len(index)
+            done += len(batch)
             ips = done / (time.perf_counter() - start)
-            progress.update(task, advance=len(index), ips=ips)
+            progress.update(task, advance=len(batch), ips=ips)
             lines.update(done, ips)
     return place.gather_rows(torch.cat(out))
 

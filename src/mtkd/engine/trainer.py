@@ -9,6 +9,7 @@ for the whole batch, so the steps do not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtkd.console import make_progress, say
-from mtkd.data.batches import batch_indices, epoch_generator
+from mtkd.data.base import Images
+from mtkd.data.batches import batch_indices, epoch_generator, fetched, row_slices
 from mtkd.dist import SINGLE, Dist, wrap
 from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig, config_difference
@@ -80,11 +82,11 @@ class CrossEntropy:
 
 @dataclass
 class FitData:
-    """The tensors a run trains and validates on (uint8 images, or precomputed features)."""
+    """What a run trains and validates on: uint8 images (in memory or a store's), or precomputed features."""
 
-    train_x: torch.Tensor
+    train_x: Images
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: Images
     val_y: torch.Tensor
 
 
@@ -109,16 +111,16 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, x: torch.Tensor, transform: Transform, batch_size: int, device: torch.device,
+    model: nn.Module, x: Images, transform: Transform, batch_size: int, device: torch.device,
     place: Dist = SINGLE,
 ) -> torch.Tensor:  # fmt: skip
     """Logits for every row of x, in order (under torchrun each process computes its share)."""
     was_training = model.training
     model.eval()
-    x = x[place.shard(len(x))]
+    part = place.shard(len(x))
     out = [
-        model(transform(x[i].to(device, non_blocking=True))).float().cpu()
-        for i in batch_indices(len(x), batch_size, False)
+        model(transform(batch.to(device, non_blocking=True))).float().cpu()
+        for batch in fetched(x, row_slices(part.start, part.stop, batch_size))
     ]
     model.train(was_training)
     return place.gather_rows(torch.cat(out) if out else torch.empty(0))
@@ -213,7 +215,7 @@ class Trainer:
         self.stop = StopRequests()
         self.resumed = False
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Images) -> torch.Tensor:
         """The evaluated model's logits for every row of x (inputs as the run holds them)."""
         t = self.task
         return predict(t.evaluated, x, t.transform, self.loop.eval_batch_size, self.device, self.place)
@@ -302,22 +304,23 @@ class Trainer:
         seen_before = sums["seen"]
         start = time.perf_counter()
         progress = make_progress(self.out.progress and place.main)
-        with progress:
+        # The epoch's order first (the generator's first draw), then each step's random choices.
+        order = list(batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last))
+        mine = [index[place.shard(len(index))] for index in order]
+        batches = fetched(x, mine[skip:])
+        with progress, contextlib.closing(batches):
             task = progress.add_task(
                 f"epoch {epoch}", total=self.steps_per_epoch, completed=skip, loss=0.0, acc=0.0, ips=0.0
             )
-            for step, index in enumerate(
-                batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last)
-            ):
+            for step, index in enumerate(order):
                 # The random choices are drawn for the global batch, then each process takes its rows.
                 drawn = self.task.loss.draw(len(index), gen)
                 if step < skip:
                     continue  # done before the interruption: only the generator moves on
-                rows = place.shard(len(index))
-                index = index[rows]
                 if drawn is not None:
-                    drawn = drawn[rows]
-                values, logits, target = self._step(epoch, step, index, x, y, drawn)
+                    drawn = drawn[place.shard(len(index))]
+                index = mine[step]
+                values, logits, target = self._step(epoch, step, index, next(batches), y, drawn)
                 for key, value in values.items():
                     term_sums[key] = term_sums.get(key, 0.0) + value * len(target)
                 sums["loss"] += sum(values.values()) * len(target)
@@ -355,10 +358,11 @@ class Trainer:
         return row, steps
 
     def _step(
-        self, epoch: int, step: int, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any
+        self, epoch: int, step: int, index: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, drawn: Any
     ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        """One optimisation step on this process's rows: (loss terms, logits, labels)."""
-        batch = x[index].to(self.device, non_blocking=True)
+        """One optimisation step on this process's rows `index` (their inputs `rows`): (loss terms,
+        logits, labels)."""
+        batch = rows.to(self.device, non_blocking=True)
         if self.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         target = y[index].to(self.device, non_blocking=True)
