@@ -55,7 +55,9 @@ def _write(task: tuple[str, np.ndarray, np.ndarray, int, int]) -> None:
     folder, images, labels, first, size = task
     rng = np.random.default_rng(first)
     for i, (img, y) in enumerate(zip(images, labels, strict=True)):
-        grey = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+        grey = (
+            np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+        )
         tint, back = rng.uniform(0.3, 1.0, 3), rng.uniform(0.0, 0.3, 3)
         rgb = (grey[..., None] * tint + (1 - grey[..., None]) * back) * 255
         Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(
@@ -76,7 +78,9 @@ def make_folder(root: Path, images: int, size: int, workers: int) -> None:
         for c in CLASSES:
             (root / split / c).mkdir(parents=True)
         base = 0 if split == "train" else images
-        tasks += [(str(root / split), x[s : s + 500], y[s : s + 500], base + s, size) for s in range(0, n, 500)]
+        tasks += [
+            (str(root / split), x[s : s + 500], y[s : s + 500], base + s, size) for s in range(0, n, 500)
+        ]
     began = time.perf_counter()
     with Pool(workers) as pool:
         pool.map(_write, tasks)
