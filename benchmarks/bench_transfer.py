@@ -126,7 +126,7 @@ def child(args: argparse.Namespace) -> None:
 
 def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Build the 4 caches; for each: (teacher, cache build img/s, bare forward img/s on the same images)."""
-    from mtkd.cache.teacher_cache import CHUNK, CacheSpec, build_cache, view_params
+    from mtkd.cache.teacher_cache import CHUNK, CacheSpec, TeacherImages, build_cache, view_params
     from mtkd.data.batches import apply_crop_flip, batch_indices
 
     ds = _dataset(args.dataset, args.images)
@@ -148,7 +148,7 @@ def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
             bare = args.views * len(images) / (time.perf_counter() - start)
         start = time.perf_counter()
         spec = CacheSpec(args.views, 2, ds.hflip, 0, "float16", with_logits=True)
-        build_cache(t.net, t.sha, images, ds.train.labels, spec, torch.device("cpu"), t.name)
+        build_cache(t.net, t.sha, TeacherImages(images, ds.train.labels), spec, torch.device("cpu"), t.name)
         built = args.views * len(images) / (time.perf_counter() - start)
         rows.append((t.name, built, bare))
     return rows

@@ -140,7 +140,7 @@ def test_two_builders_of_one_cache_build_it_once(tmp_path, monkeypatch, capsys):
 
     import numpy as np
 
-    from mtkd.cache.teacher_cache import CacheSpec, build_cache
+    from mtkd.cache.teacher_cache import CacheSpec, TeacherImages, build_cache
     from mtkd.data import load_dataset
     from mtkd.models.teachers import TeacherNet, TeacherSpec
 
@@ -148,7 +148,7 @@ def test_two_builders_of_one_cache_build_it_once(tmp_path, monkeypatch, capsys):
     ds = load_dataset("digits")
     teacher = TeacherNet(TeacherSpec("mobilenet_v2", input_size=32, head="gap", num_classes=10)).eval()
     spec = CacheSpec(views=2, padding=1, hflip=False, seed=0, dtype="float16", with_logits=True)
-    args = (teacher, "t", ds.train.images, ds.train.labels, spec, torch.device("cpu"), "t")
+    args = (teacher, "t", TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
     results = [None, None]
 
     def build(k: int) -> None:

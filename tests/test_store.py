@@ -126,3 +126,57 @@ def test_training_from_the_store_on_disk_equals_training_in_memory_and_reads_onl
         assert torch.equal(x, y), name
     # The config does not record where the images were held: either run resumes the other's way.
     assert config_difference({"data": {"in_memory": False}}, {"data": {"in_memory": True}}) == ""
+
+
+def test_a_teacher_is_shown_the_original_files_at_its_input_size(tmp_path, caplog):
+    import torch
+    import torch.nn.functional as F
+
+    import mtkd
+    from mtkd.cache.teacher_cache import CacheSpec, build_cache, teacher_identity, teacher_images, view_params
+    from mtkd.models.teachers import TeacherNet, TeacherSpec
+
+    root = _folder(tmp_path / "data", per_class=40, size=40)  # 40x42 photos, a store at 12x12
+    ds = load_dataset(f"folder:{root}", image_size=12)
+    teacher = TeacherNet(TeacherSpec("mobilenet_v2", input_size=32, head="gap", num_classes=2)).eval()
+    source = teacher_images(ds.train, 32)
+    assert source.reads_files and not teacher_images(ds.train, 12).reads_files
+    spec = CacheSpec(views=2, padding=2, hflip=True, seed=3, dtype="float32", with_logits=False)
+    cache = build_cache(teacher, teacher_identity(teacher), source, spec, torch.device("cpu"), "t")
+
+    # By hand: each file opened with PIL, resized to 32x32; view 1 is view 1's crop scaled by 32/12.
+    def by_pil(path):
+        img = Image.open(path).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+    clean = torch.stack([by_pil(f) for f in ds.train.files])
+    crop = view_params(len(clean), 2, 2, True, 3)[1]
+    p = round(2 * 32 / 12)
+    padded = F.pad(clean, (p, p, p, p))
+    view1 = []
+    for i in range(len(clean)):
+        y, x = (min(2 * p, round(int(d) * 32 / 12)) for d in (crop.dy[i], crop.dx[i]))
+        img = padded[i, :, y : y + 32, x : x + 32]
+        view1.append(img.flip(-1) if crop.flip[i] else img)
+    with torch.inference_mode():
+        want0 = teacher.pooled_and_logits(clean.float() / 255, False)[0]
+        want1 = teacher.pooled_and_logits(torch.stack(view1).float() / 255, False)[0]
+    assert torch.allclose(torch.from_numpy(cache.features[0]), want0, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(cache.features[1]), want1, atol=1e-4)
+    with torch.inference_mode():  # not what the small copies, upscaled, would give
+        small = teacher.pooled_and_logits(ds.train.images.float() / 255, False)[0]
+    assert not torch.allclose(small, want0, atol=1e-2)
+
+    # A student run with an ImageNet teacher at 32 px on this folder: the cache reads the files.
+    caplog.clear()
+    run = mtkd.train(
+        "cnn_small", data=f"folder:{root}", image_size=12, epochs=1, out=tmp_path / "s", progress=False,
+        teachers=[{"name": "mobilenet_v2", "input_size": 32}], methods=["features"], in_memory=False,
+    )  # fmt: skip
+    assert "the original files at 32px" in caplog.text and 0 <= run.test_acc <= 1
+    # A probe fit reads the files too, and `evaluate` shows its teacher the same images.
+    fitted = mtkd.fit_teacher(
+        "mobilenet_v2", data=f"folder:{root}", image_size=12, input_size=32, epochs=1, out=tmp_path / "t",
+        progress=False,
+    )  # fmt: skip
+    assert mtkd.evaluate(fitted)["top1"] == fitted.test_acc

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from mtkd.cache.teacher_cache import CacheSpec, _load, build_cache
+from mtkd.cache.teacher_cache import CacheSpec, TeacherImages, _load, build_cache
 from mtkd.data import load_dataset
 from mtkd.data.batches import Normalize, epoch_generator
 from mtkd.engine.config import TrainConfig, build_config
@@ -78,7 +78,7 @@ def test_a_cache_with_one_flipped_byte_is_rebuilt(digits_teacher):
     teachers = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))
     t = teachers[0]
     spec = CacheSpec(views=2, padding=2, hflip=False, seed=5, dtype="float32", with_logits=True)
-    args = (t.net, t.sha, ds.train.images, ds.train.labels, spec, torch.device("cpu"), "t")
+    args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
     cache = build_cache(*args)
     path = cache.folder / "features.npy"
     good = np.array(cache.features)
@@ -130,7 +130,7 @@ def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, mo
     ds = load_dataset("digits")
     t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
     spec = CacheSpec(views=3, padding=2, hflip=True, seed=9, dtype="float32", with_logits=True)
-    args = (t.net, t.sha, ds.train.images, ds.train.labels, spec, torch.device("cpu"), "t")
+    args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
     calls = {"n": 0}
     original = teacher_cache.write_json
@@ -196,7 +196,7 @@ def test_view_0_comes_from_the_probe_fits_features_with_the_same_bits(digits_tea
     ds = load_dataset("digits")
     t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
     spec = CacheSpec(views=2, padding=2, hflip=False, seed=5, dtype="float32", with_logits=True)
-    args = (t.net, t.sha, ds.train.images, ds.train.labels, spec, torch.device("cpu"), "t")
+    args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
     shutil.rmtree(build_cache(*args).folder)  # whatever built it before: built here, now
     seen = []
     hook = t.net.body.register_forward_hook(lambda m, x, y: seen.append(len(x[0])))

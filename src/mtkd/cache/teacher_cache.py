@@ -20,7 +20,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from mtkd.console import Milestones, make_progress, say
-from mtkd.data.base import Images, images_digest
-from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip
+from mtkd.data.base import Images, ImageSet, images_digest
+from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip, fetched
+from mtkd.data.files import files_digest, read_files
+from mtkd.data.store import decode_workers
 from mtkd.dist import SINGLE, Dist
 from mtkd.errors import MtkdError
 from mtkd.io import cache_dir, file_lock, read_json, sha256_file, write_json
@@ -60,6 +62,66 @@ def images_for(
         if mask.any():
             out[mask] = apply_crop_flip(batch[mask], p[index[mask].cpu()])
     return out
+
+
+@dataclass
+class TeacherImages:
+    """The images a teacher is shown: the run's uint8 images, or, for an image folder and a teacher
+    whose input is larger than them, the original files decoded at the teacher's input size (by
+    DataLoader worker processes) while the student trains on its small copies."""
+
+    images: Images
+    labels: torch.Tensor
+    files: list[str] | None = None
+    size: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def reads_files(self) -> bool:
+        return self.files is not None and self.size is not None
+
+    @property
+    def shape(self) -> torch.Size:
+        n, c, h, w = self.images.shape
+        return torch.Size((n, c, self.size, self.size)) if self.reads_files else self.images.shape
+
+    def digest(self) -> str:
+        """What the teacher's inputs are: the images and labels, and the files and size it reads."""
+        base = content_hash(self.images, self.labels)
+        if not self.reads_files:
+            return base
+        return hashlib.blake2b(
+            f"{base}|files@{self.size}|{files_digest(self.files)}".encode(), digest_size=16
+        ).hexdigest()
+
+    def factors(self) -> tuple[float, float]:
+        """How much taller and wider the teacher's images are than the run's."""
+        if not self.reads_files:
+            return 1.0, 1.0
+        h, w = self.images.shape[-2:]
+        return self.size / h, self.size / w
+
+    def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
+        if not self.reads_files:
+            return self.images[index]
+        rows = torch.arange(len(self))[index]
+        return next(read_files(self.files, [rows], self.images.shape[1], self.size, 0))
+
+    def batches(self, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each chunk of rows in turn."""
+        if not self.reads_files:
+            return fetched(self.images, chunks)
+        return read_files(self.files, chunks, self.images.shape[1], self.size, decode_workers())
+
+
+def teacher_images(part: ImageSet, input_size: int | None) -> TeacherImages:
+    """What a teacher with this input size is shown of a split (see TeacherImages)."""
+    h, w = part.images.shape[-2:]
+    if part.files is not None and input_size is not None and input_size > max(h, w):
+        return TeacherImages(part.images, part.labels, part.files, input_size)
+    return TeacherImages(part.images, part.labels)
 
 
 @dataclass
@@ -120,27 +182,25 @@ def backbone_identity(net: TeacherNet) -> str:
 
 
 def clean_features(
-    teacher: TeacherNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device, label: str,
-    place: Dist = SINGLE,
-) -> torch.Tensor:  # fmt: skip
+    teacher: TeacherNet, source: TeacherImages, device: torch.device, label: str, place: Dist = SINGLE
+) -> torch.Tensor:
     """The pooled features of the clean images, float32, cached under the backbone's identity: a
     probe fit computes them once for all its seeds, and a student's teacher cache takes its view 0
     from them (the same numbers: the same chunks through the same layers)."""
-    cache = build_cache(
-        teacher, backbone_identity(teacher), images, labels, CLEAN_FEATURES, device, label, place
-    )
+    cache = build_cache(teacher, backbone_identity(teacher), source, CLEAN_FEATURES, device, label, place)
     return torch.from_numpy(np.ascontiguousarray(cache.features[0]))
 
 
-def _clean_view(teacher: TeacherNet, images: torch.Tensor, labels: torch.Tensor, spec: CacheSpec,
-                device: torch.device) -> np.ndarray | None:  # fmt: skip
+def _clean_view(
+    teacher: TeacherNet, source: TeacherImages, spec: CacheSpec, device: torch.device
+) -> np.ndarray | None:
     """View 0's pooled features from a finished clean-features cache, when one exists and the
     teacher's logits follow from pooled features alone (a gap head, no maps asked for)."""
     if spec.maps or not spec.with_logits or teacher._head_takes_map:
         return None
     key = cache_key(
         backbone_identity(teacher),
-        content_hash(images, labels),
+        source.digest(),
         1,
         0,
         False,
@@ -218,15 +278,15 @@ CLEAN_FEATURES = CacheSpec(views=1, padding=0, hflip=False, seed=0, dtype="float
 
 @torch.inference_mode()
 def build_cache(
-    teacher: TeacherNet, teacher_sha: str, images: torch.Tensor, labels: torch.Tensor, spec: CacheSpec,
-    device: torch.device, label: str, place: Dist = SINGLE,
+    teacher: TeacherNet, teacher_sha: str, source: TeacherImages, spec: CacheSpec, device: torch.device,
+    label: str, place: Dist = SINGLE,
 ) -> TeacherCache:  # fmt: skip
     """Load the cache for this teacher and these images, building (or finishing) it first if needed.
 
     Under torchrun the processes share the work: each computes its chunks of every round and
     rank 0 writes them, so the cache is the one a single process builds.
     """
-    data = content_hash(images, labels)
+    data = source.digest()
     key = cache_key(
         teacher_sha, data, spec.views, spec.padding, spec.hflip, spec.seed, spec.dtype, computed_by(device),
         spec.maps,
@@ -242,8 +302,8 @@ def build_cache(
     with lock:
         cached = _load(folder) if place.main else None
         if not place.broadcast(cached is not None):
-            clean = _clean_view(teacher, images, labels, spec, device)
-            _build(folder, _Builder(teacher, spec, device, label, clean), teacher_sha, images, place)
+            clean = _clean_view(teacher, source, spec, device)
+            _build(folder, _Builder(teacher, spec, device, label, clean), teacher_sha, source, place)
         place.barrier()
     cached = cached or _load(folder)
     if cached is None:
@@ -263,9 +323,13 @@ class _Builder:
         self.hooks = FeatureHooks(teacher, list(spec.maps)) if spec.maps else None
         self.clean = clean  # view 0's pooled features, already computed (see clean_features)
 
-    def chunk(self, v: int, index: torch.Tensor, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def known(self, v: int) -> bool:
+        """Are view v's outputs computed without the images (from the clean features)?"""
+        return v == 0 and self.clean is not None
+
+    def chunk(self, v: int, index: torch.Tensor, batch: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Chunk `index` of view `v`: from the clean features through the head when they are known."""
-        if v == 0 and self.clean is not None:
+        if self.known(v):
             feats = torch.from_numpy(self.clean[index.numpy()]).to(self.device)
             return {
                 "features": feats,
@@ -287,12 +351,12 @@ class _Builder:
         return out
 
 
-def _build(folder: Path, builder: _Builder, teacher_sha: str, images: torch.Tensor, place: Dist) -> None:
+def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherImages, place: Dist) -> None:
     """Compute the cache in chunks of CHUNK rows; rounds of one chunk per process, written by rank 0."""
     spec, teacher = builder.spec, builder.teacher
-    n, views = len(images), spec.views
+    n, views = len(source), spec.views
     teacher.eval()
-    shapes = builder.shapes(images)
+    shapes = builder.shapes(source[0:1])
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     partial, progress_path, done = {}, folder / "progress.json", 0
     if place.main:
@@ -315,7 +379,14 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, images: torch.Tens
         if v * n + int(index[-1]) + 1 > done
     ]  # fmt: skip
     total = views * n
+    rounds = [todo[first : first + place.world] for first in range(0, len(todo), place.world)]
+    # This process's chunks whose images are read (view 0 may come from the clean features).
+    mine = [group[place.rank] for group in rounds if place.rank < len(group)]
+    batches = source.batches([index for v, index in mine if not builder.known(v)])
+    fy, fx = source.factors()
     where = f", {place.world} processes" if place.active else ""
+    if source.reads_files:
+        where += f", the original files at {source.size}px"
     say(
         f"{builder.label}: caching {views} view(s) of {n} images ({total - done} forward passes left{where}) in {folder}"
     )
@@ -324,17 +395,18 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, images: torch.Tens
     width = sum(sizes.values())
     with bar:
         task = bar.add_task(builder.label, total=total, completed=done, loss=0.0, acc=0.0, ips=0.0)
-        for first in range(0, len(todo), place.world):
-            group = todo[first : first + place.world]
-            mine = torch.zeros(CHUNK, width)
+        for group in rounds:
+            computed_here = torch.zeros(CHUNK, width)
             if place.rank < len(group):
                 v, index = group[place.rank]
-                batch = images[index]
-                if params[v] is not None:
-                    batch = apply_crop_flip(batch, params[v][index])
+                batch = None if builder.known(v) else next(batches)
+                if batch is not None and params[v] is not None:
+                    batch = apply_crop_flip(batch, params[v][index].scaled(fy, fx))
                 outputs = builder.chunk(v, index, batch)
-                mine[: len(index)] = torch.cat([outputs[k].float().flatten(1) for k in sizes], 1).cpu()
-            results = place.all_gather(mine)
+                computed_here[: len(index)] = torch.cat(
+                    [outputs[k].float().flatten(1) for k in sizes], 1
+                ).cpu()
+            results = place.all_gather(computed_here)
             rows = sum(len(index) for _, index in group)
             computed += rows
             if place.main:

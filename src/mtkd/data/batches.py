@@ -68,6 +68,15 @@ class CropFlip:
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return CropFlip(self.padding, pick(self.dy), pick(self.dx), pick(self.flip))
 
+    def scaled(self, fy: float, fx: float) -> CropFlip:
+        """The same crops on images fy times taller and fx times wider (a teacher reading the
+        original files at its own input size): offsets and padding scaled and rounded."""
+        if self.dy is None or (fy == 1 and fx == 1):
+            return self
+        p = round(self.padding * min(fy, fx))
+        scale = lambda t, f: (t.double() * f).round().long().clamp_(0, 2 * p)  # noqa: E731
+        return CropFlip(p, scale(self.dy, fy), scale(self.dx, fx), self.flip)
+
 
 def draw_crop_flip(n: int, padding: int, hflip: bool, generator: torch.Generator) -> CropFlip:
     """Random crop offsets (after `padding` zeros on each side) and flips for n images."""

@@ -39,7 +39,8 @@ BLOCK = 512  # images per decoding task and per integrity hash
 FORMAT = 2  # 2: JPEGs are decoded at a reduced scale (PIL draft) when much larger than the store
 
 
-def _workers() -> int:
+def decode_workers() -> int:
+    """Worker processes for decoding images: one per core this process may use, at most 8."""
     return max(
         1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     )
@@ -94,7 +95,7 @@ def read_headers(files: list[Path], label: str) -> list[tuple[int, int, bool]]:
     if len(paths) < 4 * BLOCK:  # not worth starting processes
         found = [header(p) for p in paths]
     else:
-        with _pool(_workers()) as pool:
+        with _pool(decode_workers()) as pool:
             found = list(pool.map(header, paths, chunksize=BLOCK))
     for item in found:
         if isinstance(item, str):
@@ -223,7 +224,7 @@ def _build(
         for s in starts
     ]
     # Worker processes pay for themselves from a few blocks on; fewer are decoded here.
-    pool = _pool(_workers()) if len(tasks) >= 4 else None
+    pool = _pool(decode_workers()) if len(tasks) >= 4 else None
     results = pool.map(decode_task, tasks) if pool is not None else map(decode_task, tasks)
     with bar, pool or contextlib.nullcontext():
         task = bar.add_task(label, total=n, completed=done, loss=0.0, acc=0.0, ips=0.0)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from mtkd.cache.teacher_cache import teacher_images
 from mtkd.data import DATASETS, as_dataset
 from mtkd.data.images import image_to_tensor, open_image
 from mtkd.engine.builders import load_model
@@ -62,7 +63,10 @@ def evaluate_checkpoint(
     if dataset.classes != meta["data"]["classes"]:
         raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
     images = dataset.split(split)
-    logits = predict(model, images.images, transform, batch_size, dev)
+    x = images.images
+    if meta["model"].get("inputs") == "files":  # a probe-adapted teacher reads the files, as it did
+        x = teacher_images(images, meta["model"]["input_size"])
+    logits = predict(model, x, transform, batch_size, dev)
     report = {
         "checkpoint": meta["_path"],
         "split": split,
@@ -76,7 +80,8 @@ def predict_files(path: str, files: list[str], device: str = "auto", top_k: int 
     dev = pick_device(device)
     model, meta, transform = load_model(path, dev)
     data = meta["data"]
-    size = tuple(data["image_size"])
+    files = meta["model"].get("inputs") == "files"
+    size = (meta["model"]["input_size"],) * 2 if files else tuple(data["image_size"])
     batch = torch.stack([image_to_tensor(open_image(f), data["channels"], size) for f in files]).to(dev)
     with torch.inference_mode():
         probs = model(transform(batch)).float().softmax(1).cpu()

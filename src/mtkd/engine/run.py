@@ -12,11 +12,11 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from mtkd.cache.teacher_cache import clean_features
+from mtkd.cache.teacher_cache import TeacherImages, clean_features, teacher_images
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, as_dataset, load_dataset
-from mtkd.data.base import Images
-from mtkd.data.batches import Normalize, fetched, row_slices
+from mtkd.data.base import ImageSet
+from mtkd.data.batches import Normalize, row_slices
 from mtkd.data.catalog import plugin_named
 from mtkd.data.convert import PYTHON_DATA
 from mtkd.dist import Dist, setup
@@ -303,7 +303,7 @@ def _class_path(module: nn.Module) -> str:
 
 @torch.inference_mode()
 def _extract(
-    teacher: TeacherNet, images: Images, batch_size: int, device: torch.device, label: str, place: Dist
+    teacher: TeacherNet, images: TeacherImages, batch_size: int, device: torch.device, label: str, place: Dist
 ) -> torch.Tensor:  # fmt: skip
     """The frozen backbone's feature map for every image, computed once (a probe with a flatten
     head; a gap head's pooled features come from `clean_features`), shared among processes."""
@@ -317,7 +317,8 @@ def _extract(
         task = progress.add_task(label, total=n, loss=0.0, acc=0.0, ips=0.0)
         start, done = time.perf_counter(), 0
         lines = Milestones(label, n)
-        for batch in fetched(images, row_slices(part.start, part.stop, batch_size)):
+        chunks = [torch.arange(s.start, s.stop) for s in row_slices(part.start, part.stop, batch_size)]
+        for batch in images.batches(chunks):
             fmap = teacher.forward_features(batch.to(device).float() / 255.0)
             out.append(fmap.cpu())
             done += len(batch)
@@ -348,7 +349,18 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, data: An
     spec.input_size = teacher.input_size
     meta = {
         "kind": "teacher",
-        "model": {**spec.to_dict(), "weights_source": teacher.weights_source, "mode": cfg.adapt.mode},
+        "model": {
+            **spec.to_dict(),
+            "weights_source": teacher.weights_source,
+            "mode": cfg.adapt.mode,
+            # A probe's frozen backbone reads an image folder's files at its input size; fine-tuning
+            # trains on the run's images (upscaled by the teacher), and so is shown them later too.
+            "inputs": "files"
+            if cfg.adapt.mode == "probe"
+            and dataset.train.files is not None
+            and teacher.input_size > max(dataset.image_size)
+            else "images",
+        },
         "data": dataset.meta(),
         "config": cfg.model_dump(mode="json"),
     }
@@ -361,11 +373,14 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, data: An
         p.requires_grad_(cfg.adapt.mode == "finetune")
     if cfg.adapt.mode == "probe":
         # The backbone is frozen: its features are computed once and the head trains on them.
+        def shown(part: ImageSet) -> TeacherImages:
+            return teacher_images(part, teacher.input_size if meta["model"]["inputs"] == "files" else None)
+
         def features(split: str) -> torch.Tensor:
             part, label = dataset.split(split), f"{t.name} features ({split})"
             if t.head == "gap":  # cached under the backbone: shared by seeds and by students' view 0
-                return clean_features(teacher, part.images, part.labels, device, label, place)
-            return _extract(teacher, part.images, cfg.adapt.feature_batch_size, device, label, place)
+                return clean_features(teacher, shown(part), device, label, place)
+            return _extract(teacher, shown(part), cfg.adapt.feature_batch_size, device, label, place)
 
         data = FitData(features("train"), dataset.train.labels, features("val"), dataset.val.labels)
         groups = [{"params": list(teacher.head.parameters())}]

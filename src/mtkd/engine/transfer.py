@@ -20,6 +20,7 @@ from mtkd.cache.teacher_cache import (
     build_cache,
     images_for,
     teacher_identity,
+    teacher_images,
     view_params,
 )
 from mtkd.data import Dataset
@@ -41,6 +42,9 @@ class Teacher:
     net: TeacherNet | ModuleTeacher
     sha: str  # identifies its content: architecture, preprocessing, weights (for the cache key)
     has_logits: bool  # adapted to the dataset's classes
+    # Shown an image folder's original files at its input size (for its cache), not the run's small
+    # copies: ImageNet teachers and probe-adapted ones; not those fine-tuned on the small copies.
+    reads_files: bool = False
     cache: TeacherCache | None = None
     # How the run's config records it: as given, or a module given from Python by class and content.
     recorded: str | dict | None = None
@@ -58,13 +62,15 @@ def _checkpoint_teacher(path: str, dataset: Dataset, device: torch.device) -> Te
             f"teacher {path} was adapted to {kinds.get(meta['data']['channels'])} images and "
             f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
         )
-    return Teacher(path, net, teacher_identity(net), True)
+    return Teacher(path, net, teacher_identity(net), True, meta["model"].get("inputs") == "files")
 
 
 def _module_teacher(net: ModuleTeacher, name: str, dataset: Dataset, device: torch.device) -> Teacher:
     net = net.to(device).eval()
     net.bind(dataset.channels, dataset.image_size)
-    return Teacher(name, net, teacher_identity(net), net.num_outputs == dataset.num_classes)
+    return Teacher(
+        name, net, teacher_identity(net), net.num_outputs == dataset.num_classes, net.input_size is not None
+    )
 
 
 def load_teachers(
@@ -102,7 +108,7 @@ def load_teachers(
         else:
             spec = TeacherSpec(name, pretrained=ref.pretrained, input_size=ref.input_size, head="imagenet")
             net = TeacherNet(spec).to(device).eval()
-            teachers.append(Teacher(name, net, teacher_identity(net), False))
+            teachers.append(Teacher(name, net, teacher_identity(net), False, True))
         teachers[-1].recorded = (
             entry if isinstance(entry, str) else ref.model_dump(mode="json", exclude_defaults=True)
         )
@@ -171,8 +177,9 @@ class TransferLoss:
                     t.views, cfg.train.crop_padding, hflip, t.view_seed, t.cache_dtype, teacher.has_logits,
                     self.teacher_paths,
                 )  # fmt: skip
+                size = teacher.net.input_size if teacher.reads_files else None
                 teacher.cache = build_cache(
-                    teacher.net, teacher.sha, images, dataset.train.labels, spec, device,
+                    teacher.net, teacher.sha, teacher_images(dataset.train, size), spec, device,
                     f"teacher {teacher.name}", place,
                 )  # fmt: skip
         elif self.teacher_paths:
