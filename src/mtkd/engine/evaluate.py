@@ -80,8 +80,8 @@ def predict_files(path: str, files: list[str], device: str = "auto", top_k: int 
     dev = pick_device(device)
     model, meta, transform = load_model(path, dev)
     data = meta["data"]
-    files = meta["model"].get("inputs") == "files"
-    size = (meta["model"]["input_size"],) * 2 if files else tuple(data["image_size"])
+    at_input_size = meta["model"].get("inputs") == "files"  # a probe-fitted teacher, as it was fitted
+    size = (meta["model"]["input_size"],) * 2 if at_input_size else tuple(data["image_size"])
     batch = torch.stack([image_to_tensor(open_image(f), data["channels"], size) for f in files]).to(dev)
     with torch.inference_mode():
         probs = model(transform(batch)).float().softmax(1).cpu()
