@@ -78,6 +78,7 @@ def _config(args: argparse.Namespace, k: int, method: str, mode: str, epochs: in
 
 def child(args: argparse.Namespace) -> None:
     """One training run; prints its epoch times and peak RSS as JSON."""
+    from mtkd.data.augment import Augment
     from mtkd.data.batches import Normalize
     from mtkd.engine.builders import ImageTransform
     from mtkd.engine.trainer import FitData, Trainer, classifier_task
@@ -106,7 +107,8 @@ def child(args: argparse.Namespace) -> None:
         view = OutputsView(student)
         task = transfer_task(student, view, methods, teachers, ds, normalize, cfg, ds.hflip, dev)
     else:
-        transform = ImageTransform(normalize, cfg.train.crop_padding, ds.hflip)
+        augment = Augment(padding=cfg.train.crop_padding, hflip=ds.hflip)
+        transform = ImageTransform(normalize, augment, ds.image_size)
         task = classifier_task(student, transform, [{"params": list(student.parameters())}], 0.0)
     data = FitData(ds.train.images, ds.train.labels, ds.val.images, ds.val.labels)
     out = cfg.output.model_copy(update={"dir": Path(args.out)})
@@ -127,22 +129,19 @@ def child(args: argparse.Namespace) -> None:
 def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Build the 4 caches; for each: (teacher, cache build img/s, bare forward img/s on the same images)."""
     from mtkd.cache.teacher_cache import CHUNK, CacheSpec, TeacherImages, build_cache, view_params
-    from mtkd.data.batches import apply_crop_flip, batch_indices
+    from mtkd.data.augment import Augment
+    from mtkd.data.batches import batch_indices
 
     ds = _dataset(args.dataset, args.images)
     images = ds.train.images
-    params = view_params(len(images), args.views, 2, ds.hflip, 0)
+    params = view_params(len(images), args.views, Augment(padding=2, hflip=ds.hflip), 0, ds.image_size)
     rows = []
     for t in _teachers(4, ds.num_classes):
         with torch.inference_mode():  # the bare forward pass over the same views, chunks and outputs
             start = time.perf_counter()
             for v in range(args.views):
                 for index in batch_indices(len(images), CHUNK, False):
-                    batch = (
-                        images[index]
-                        if params[v] is None
-                        else apply_crop_flip(images[index], params[v][index])
-                    )
+                    batch = images[index] if params[v] is None else params[v][index].apply(images[index])
                     fmap = t.net.forward_features(batch.float() / 255.0)
                     t.net.forward_head(fmap, pre_logits=True), t.net.forward_head(fmap)
             bare = args.views * len(images) / (time.perf_counter() - start)

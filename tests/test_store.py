@@ -27,10 +27,10 @@ def _folder(root, per_class=600, size=12):
 
 
 def _stores():
-    return sorted(p for p in (cache_dir() / "stores").iterdir() if p.is_dir())
+    return sorted(p for p in (cache_dir() / "stores").iterdir() if p.is_dir() and p.name != "headers")
 
 
-def test_a_folder_is_decoded_once_into_a_store_that_later_runs_reuse(tmp_path, caplog):
+def test_a_folder_is_decoded_once_into_a_store_that_later_runs_reuse(tmp_path, caplog, monkeypatch):
     root = _folder(tmp_path / "data")
     first = load_dataset(f"folder:{root}", image_size=10)
     before = set(_stores())
@@ -39,14 +39,21 @@ def test_a_folder_is_decoded_once_into_a_store_that_later_runs_reuse(tmp_path, c
     by_hand = image_to_tensor(open_image(root / "test" / "dog" / "0007.png"), 3, (10, 10))
     assert (first.test.images[40 + 7] == by_hand).all()
     caplog.clear()
+    import mtkd._decode
+
+    opened = []
+    real_header = mtkd._decode.header
+    monkeypatch.setattr(mtkd._decode, "header", lambda p: opened.append(p) or real_header(p))
     again = load_dataset(f"folder:{root}", image_size=10)
     assert set(_stores()) == before and "decoding" not in caplog.text
+    assert opened == []  # the headers were kept beside the stores: no file opened
     assert (again.train.images == first.train.images).all() and (again.test.labels == first.test.labels).all()
     # An edited file (new mtime) makes another store for its split only.
     path = root / "test" / "cat" / "0003.png"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     load_dataset(f"folder:{root}", image_size=10)
     assert len(set(_stores()) - before) == 1
+    assert len(opened) == 1280  # the folder changed: every header read again (this process: under 4 blocks)
 
 
 def test_a_damaged_store_is_rebuilt_and_an_interrupted_build_resumes(tmp_path, monkeypatch, caplog):
@@ -134,6 +141,7 @@ def test_a_teacher_is_shown_the_original_files_at_its_input_size(tmp_path, caplo
 
     import mtkd
     from mtkd.cache.teacher_cache import CacheSpec, build_cache, teacher_identity, teacher_images, view_params
+    from mtkd.data.augment import Augment
     from mtkd.models.teachers import TeacherNet, TeacherSpec
 
     root = _folder(tmp_path / "data", per_class=40, size=40)  # 40x42 photos, a store at 12x12
@@ -150,7 +158,7 @@ def test_a_teacher_is_shown_the_original_files_at_its_input_size(tmp_path, caplo
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
     clean = torch.stack([by_pil(f) for f in ds.train.files])
-    crop = view_params(len(clean), 2, 2, True, 3)[1]
+    crop = view_params(len(clean), 2, Augment(padding=2, hflip=True), 3, (12, 12))[1].crop
     p = round(2 * 32 / 12)
     padded = F.pad(clean, (p, p, p, p))
     view1 = []

@@ -4,9 +4,10 @@ A cache is identified by a key made of the teacher's content (architecture, prep
 weights), the images' content hash, the view parameters, the storage dtype and what computes
 it (the device kind, and on the CPU the thread count; chunks of CHUNK rows whatever the number
 of processes), so a cache holds the bits the run that reads it would compute itself, and lives in `$MTKD_HOME/cache/<key>/` as .npy
-files read through memory maps. View 0 is the clean image; view v > 0 is a random crop/flip
-whose parameters are drawn from a generator seeded with (seed, v), so the student can be given
-exactly the image each cached output came from.
+files read through memory maps. View 0 is the clean image; view v > 0 is one draw of the run's
+augmentation pipeline (crop, flip, and any of train.augment's per-image steps) from a generator
+seeded with (seed, v): the seeds are what is stored, so the student can be given exactly the image
+each cached output came from.
 
 Building shows progress, can be interrupted and resumes where it stopped (`progress.json`);
 the finished files' sizes and SHA-256 are recorded in `meta.json`, written last, and checked
@@ -22,15 +23,16 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mtkd.console import Milestones, make_progress, say
+from mtkd.data.augment import Augment, Drawn
 from mtkd.data.base import Images, ImageSet, images_digest
-from mtkd.data.batches import CropFlip, apply_crop_flip, batch_indices, draw_crop_flip, fetched
+from mtkd.data.batches import batch_indices, fetched
 from mtkd.data.files import files_digest, read_files
 from mtkd.data.store import decode_workers
 from mtkd.dist import SINGLE, Dist
@@ -42,16 +44,16 @@ from mtkd.models.teachers import TeacherNet
 CHUNK = 256
 
 
-def view_params(n: int, views: int, padding: int, hflip: bool, seed: int) -> list[CropFlip | None]:
-    """Augmentation parameters of each view (None for the clean view 0)."""
-    out: list[CropFlip | None] = [None]
-    for v in range(1, views):
-        out.append(draw_crop_flip(n, padding, hflip, torch.Generator().manual_seed(seed * 7919 + v)))
-    return out
+def view_params(n: int, views: int, augment: Augment, seed: int, size: tuple[int, int]) -> list[Drawn | None]:
+    """The augmentation choices of each view for n images of `size` (None for the clean view 0)."""
+    per_image = replace(augment, mixup=0.0, cutmix=0.0)
+    return [None] + [
+        per_image.draw(n, size, torch.Generator().manual_seed(seed * 7919 + v)) for v in range(1, views)
+    ]
 
 
 def images_for(
-    batch: torch.Tensor, index: torch.Tensor, views: torch.Tensor, params: list[CropFlip | None]
+    batch: torch.Tensor, index: torch.Tensor, views: torch.Tensor, params: list[Drawn | None]
 ) -> torch.Tensor:
     """The uint8 images `batch` (rows `index` of the split), each as its view `views[i]`."""
     out = batch.clone()
@@ -60,7 +62,7 @@ def images_for(
             continue
         mask = views == v
         if mask.any():
-            out[mask] = apply_crop_flip(batch[mask], p[index[mask].cpu()])
+            out[mask] = p[index[mask].cpu()].apply(batch[mask])
     return out
 
 
@@ -96,12 +98,10 @@ class TeacherImages:
             f"{base}|files@{self.size}|{files_digest(self.files)}".encode(), digest_size=16
         ).hexdigest()
 
-    def factors(self) -> tuple[float, float]:
-        """How much taller and wider the teacher's images are than the run's."""
-        if not self.reads_files:
-            return 1.0, 1.0
+    def drawn_size(self) -> tuple[int, int]:
+        """The size views are drawn for: the run's images (a teacher reading files sees them scaled)."""
         h, w = self.images.shape[-2:]
-        return self.size / h, self.size / w
+        return int(h), int(w)
 
     def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
         if not self.reads_files:
@@ -199,14 +199,7 @@ def _clean_view(
     if spec.maps or not spec.with_logits or teacher._head_takes_map:
         return None
     key = cache_key(
-        backbone_identity(teacher),
-        source.digest(),
-        1,
-        0,
-        False,
-        0,
-        "float32",
-        computed_by(device),
+        backbone_identity(teacher), source.digest(), 1, Augment(), 0, "float32", computed_by(device)
     )
     found = _load(cache_dir() / "teachers" / key)
     return None if found is None else found.features[0]
@@ -225,10 +218,10 @@ def content_hash(images: Images, labels: torch.Tensor) -> str:
 
 
 def cache_key(
-    teacher_sha: str, data_hash: str, views: int, padding: int, hflip: bool, seed: int, dtype: str,
+    teacher_sha: str, data_hash: str, views: int, augment: Augment, seed: int, dtype: str,
     computed: str, maps: tuple[str, ...] = (),
 ) -> str:  # fmt: skip
-    spec = {"teacher": teacher_sha, "data": data_hash, "views": views, "padding": padding, "hflip": hflip,
+    spec = {"teacher": teacher_sha, "data": data_hash, "views": views, **augment.key(),
             "seed": seed, "dtype": dtype, "computed": computed, "format": 2}  # fmt: skip
     if maps:
         spec["maps"] = sorted(maps)
@@ -271,6 +264,13 @@ class CacheSpec:
     dtype: str = "float16"
     with_logits: bool = True
     maps: tuple[str, ...] = ()
+    augment: Augment | None = (
+        None  # a pipeline beyond crop and flip (its padding and hflip are the ones above)
+    )
+
+    @property
+    def pipeline(self) -> Augment:
+        return replace(self.augment or Augment(), padding=self.padding, hflip=self.hflip)
 
 
 CLEAN_FEATURES = CacheSpec(views=1, padding=0, hflip=False, seed=0, dtype="float32", with_logits=False)
@@ -288,8 +288,7 @@ def build_cache(
     """
     data = source.digest()
     key = cache_key(
-        teacher_sha, data, spec.views, spec.padding, spec.hflip, spec.seed, spec.dtype, computed_by(device),
-        spec.maps,
+        teacher_sha, data, spec.views, spec.pipeline, spec.seed, spec.dtype, computed_by(device), spec.maps,
     )  # fmt: skip
     folder = cache_dir() / "teachers" / key
     # Two runs needing the same cache (a study's parallel jobs): one builds, the other waits, then loads.
@@ -372,7 +371,7 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherIma
             )
         done = int(read_json(progress_path, default={}).get("done", 0))
     done = int(place.broadcast(done))
-    params = view_params(n, views, spec.padding, spec.hflip, spec.seed)
+    params = view_params(n, views, spec.pipeline, spec.seed, source.drawn_size())
     # Chunk (v, rows) covers rows v*n + rows of the [V*N] table; `done` counts finished rows of it.
     todo = [
         (v, index) for v in range(views) for index in batch_indices(n, CHUNK, False)
@@ -383,7 +382,6 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherIma
     # This process's chunks whose images are read (view 0 may come from the clean features).
     mine = [group[place.rank] for group in rounds if place.rank < len(group)]
     batches = source.batches([index for v, index in mine if not builder.known(v)])
-    fy, fx = source.factors()
     where = f", {place.world} processes" if place.active else ""
     if source.reads_files:
         where += f", the original files at {source.size}px"
@@ -401,7 +399,7 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherIma
                 v, index = group[place.rank]
                 batch = None if builder.known(v) else next(batches)
                 if batch is not None and params[v] is not None:
-                    batch = apply_crop_flip(batch, params[v][index].scaled(fy, fx))
+                    batch = params[v][index].apply(batch)  # at the teacher's size when it reads files
                 outputs = builder.chunk(v, index, batch)
                 computed_here[: len(index)] = torch.cat(
                     [outputs[k].float().flatten(1) for k in sizes], 1

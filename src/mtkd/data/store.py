@@ -88,10 +88,26 @@ def memory_available() -> int:
 
 
 def read_headers(files: list[Path], label: str) -> list[tuple[int, int, bool]]:
-    """(width, height, grey) of every file, from headers only; the first unreadable file is one line."""
-    from mtkd._decode import header
+    """(width, height, grey) of every file, from headers only; the first unreadable file is one line.
+    Kept in `$MTKD_HOME/stores/headers/`, keyed by the files' paths, sizes and modification times,
+    so a folder opened again costs a stat of each file, not an open."""
+    from mtkd.data.files import files_digest
 
     paths = [str(p) for p in files]
+    memo = cache_dir() / "stores" / "headers" / f"{files_digest(paths)}.json"
+    kept = read_json(memo, default=None) if memo.is_file() else None
+    if isinstance(kept, list) and len(kept) == len(paths):
+        with contextlib.suppress(ValueError, TypeError):  # a damaged memo is read again from the files
+            return [(int(w), int(h), bool(g)) for w, h, g in kept]
+    found = _headers(paths)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json(memo, [list(item) for item in found])
+    return found
+
+
+def _headers(paths: list[str]) -> list[tuple[int, int, bool]]:
+    from mtkd._decode import header
+
     if len(paths) < 4 * BLOCK:  # not worth starting processes
         found = [header(p) for p in paths]
     else:

@@ -8,30 +8,47 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtkd.data.batches import CropFlip, Normalize, apply_crop_flip, draw_crop_flip
+from mtkd.data.augment import Augment, Drawn
+from mtkd.data.batches import Normalize
 from mtkd.engine.checkpoint import load_weights, read_meta
+from mtkd.engine.config import LoopConfig
 from mtkd.engine.trainer import Transform
 from mtkd.errors import MtkdError
 from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student
 
 
+def augment_of(loop: LoopConfig, hflip: bool, mean: list[float]) -> Augment:
+    """The training augmentation a run's `train` section asks for (`hflip` settled for the dataset;
+    erased boxes and rotated borders take the dataset's mean colour)."""
+    a = loop.augment
+    return Augment(
+        padding=loop.crop_padding, hflip=hflip, crop=a.crop, scale=tuple(a.scale), ratio=tuple(a.ratio),
+        auto=a.auto, ops=a.ops, magnitude=a.magnitude, jitter=a.jitter, erasing=a.erasing,
+        fill=tuple(round(255 * m) for m in mean), mixup=a.mixup, cutmix=a.cutmix,
+    )  # fmt: skip
+
+
 class ImageTransform:
-    """uint8 batches -> model inputs; random crop and flip when given drawn parameters (training).
+    """uint8 batches -> model inputs; augmented when given drawn choices (training).
 
     With `normalize` the output is normalised with the dataset's statistics (students); without,
-    it is in [0, 1] (teachers, which normalise for themselves).
+    it is in [0, 1] (teachers, which normalise for themselves). A batch mix (mixup, cutmix) is not
+    applied here but by the step, which mixes the labels too.
     """
 
-    def __init__(self, normalize: nn.Module | None, padding: int = 0, hflip: bool = False):
-        self.normalize, self.padding, self.hflip = normalize, padding, hflip
+    def __init__(
+        self, normalize: nn.Module | None, augment: Augment | None = None, size: tuple[int, int] = (0, 0)
+    ):
+        self.normalize, self.augment, self.size = normalize, augment or Augment(), tuple(size)
 
-    def draw(self, n: int, gen: torch.Generator) -> CropFlip | None:
-        return draw_crop_flip(n, self.padding, self.hflip, gen) if self.padding or self.hflip else None
+    def draw(self, n: int, gen: torch.Generator) -> Drawn | None:
+        """The choices for n images of the training size (`size`)."""
+        return self.augment.draw(n, self.size, gen)
 
     def __call__(self, x: torch.Tensor, drawn: Any = None) -> torch.Tensor:
         if drawn is not None:
-            x = apply_crop_flip(x, drawn)
+            x = drawn.apply(x)
         return self.normalize(x) if self.normalize is not None else x.float() / 255.0
 
 

@@ -49,12 +49,45 @@ class ScheduleConfig(Section):
     min_lr: float = Field(0.0, ge=0)
 
 
+class AugmentConfig(Section):
+    """Augmentation beyond train.crop_padding and train.hflip (timm / torchvision's pipeline, on batches)."""
+
+    crop: Literal["pad", "resized"] = Field(
+        "pad", description="pad: random crop after train.crop_padding zeros; resized: random-resized-crop"
+    )
+    scale: tuple[float, float] = Field((0.08, 1.0), description="resized: range of the crop's area fraction")
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="resized: range of the crop's aspect ratio"
+    )
+    auto: Literal["none", "randaugment", "trivialaugment"] = Field(
+        "none", description="RandAugment or TrivialAugment-Wide (torchvision's operations and magnitudes)"
+    )
+    ops: int = Field(2, ge=1, le=8, description="randaugment: operations per image")
+    magnitude: int = Field(9, ge=0, le=30, description="randaugment: magnitude bin of 31")
+    jitter: float = Field(
+        0.0, ge=0, lt=1, description="colour jitter: brightness, contrast, saturation x U(1-j, 1+j)"
+    )
+    erasing: float = Field(0.0, ge=0, le=1, description="random erasing: probability per image")
+    mixup: float = Field(0.0, ge=0, le=10, description="mixup: Beta(alpha, alpha) per batch; 0: off")
+    cutmix: float = Field(0.0, ge=0, le=10, description="cutmix: Beta(alpha, alpha) per batch; 0: off")
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        lo, hi = v
+        top = 1.0 if info.field_name == "scale" else 100.0
+        if not 0 < lo <= hi <= top:
+            raise ValueError(f"must be two numbers 0 < low <= high <= {top:g}")
+        return v
+
+
 class LoopConfig(Section):
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     crop_padding: int = Field(2, ge=0, le=64, description="random crop after this much zero padding")
     hflip: Literal["auto", "on", "off"] = Field("auto", description="auto: where the dataset allows it")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(

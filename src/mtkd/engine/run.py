@@ -20,7 +20,7 @@ from mtkd.data.batches import Normalize, row_slices
 from mtkd.data.catalog import plugin_named
 from mtkd.data.convert import PYTHON_DATA
 from mtkd.dist import Dist, setup
-from mtkd.engine.builders import ImageTransform
+from mtkd.engine.builders import ImageTransform, augment_of
 from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TeacherRef, TrainConfig, to_yaml
 from mtkd.engine.device import compute_threads, default_threads, pick_device, pinned, resolve_precision
@@ -263,9 +263,11 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
     if teachers:
         task = transfer_task(student, view, methods, teachers, dataset, normalize, cfg, hflip, device, place)
     else:
-        transform = ImageTransform(normalize, cfg.train.crop_padding, hflip)
+        transform = ImageTransform(normalize, augment_of(cfg.train, hflip, dataset.mean), dataset.image_size)
         params = [p for p in student.parameters() if p.requires_grad]
-        task = classifier_task(student, transform, [{"params": params}], cfg.train.label_smoothing)
+        task = classifier_task(
+            student, transform, [{"params": params}], cfg.train.label_smoothing, classes=dataset.num_classes
+        )
     _claim(cfg, resume, place, stack)
     meta = {
         "kind": "student",
@@ -368,7 +370,8 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, data: An
         f"adapting {t.name} ({teacher.weights_source}, input {teacher.input_size}px, head {t.head}, "
         f"mode {cfg.adapt.mode}) on {dataset.name} ({escape(dataset.source)}), {_where(device, place)}"
     )
-    image_tf = ImageTransform(None, cfg.train.crop_padding, _hflip(cfg.train.hflip, dataset))
+    augment = augment_of(cfg.train, _hflip(cfg.train.hflip, dataset), dataset.mean)
+    image_tf = ImageTransform(None, augment, dataset.image_size)
     for p in teacher.body.parameters():
         p.requires_grad_(cfg.adapt.mode == "finetune")
     if cfg.adapt.mode == "probe":
@@ -402,7 +405,9 @@ def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, data: An
         groups = [{"params": list(teacher.head.parameters())}]
         if backbone:
             groups.append({"params": backbone, "lr": cfg.optim.lr * cfg.adapt.backbone_lr_scale})
-        task = classifier_task(teacher, image_tf, groups, cfg.train.label_smoothing)
+        task = classifier_task(
+            teacher, image_tf, groups, cfg.train.label_smoothing, classes=dataset.num_classes
+        )
     trainer = Trainer(task, data, cfg.optim, cfg.schedule, cfg.train, cfg.output, meta, device, place)
     if resume:
         trainer.resume()

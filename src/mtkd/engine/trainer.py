@@ -64,11 +64,19 @@ class StepLoss(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-class CrossEntropy:
-    """The plain step: the model on the transformed batch, cross-entropy on the labels."""
+def mixed(x: torch.Tensor, y: torch.Tensor, drawn: Any, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch and its targets after the step's mixup / cutmix, if one was drawn: soft targets
+    then (cross-entropy takes class probabilities); else as they are."""
+    mix = getattr(drawn, "mix", None)
+    return mix.apply(x, y, classes) if mix is not None else (x, y)
 
-    def __init__(self, transform: Transform, label_smoothing: float):
-        self.transform, self.label_smoothing = transform, label_smoothing
+
+class CrossEntropy:
+    """The plain step: the model on the transformed batch, cross-entropy on the labels (mixed with
+    the batch's images when the step drew a mixup or cutmix)."""
+
+    def __init__(self, transform: Transform, label_smoothing: float, classes: int = 0):
+        self.transform, self.label_smoothing, self.classes = transform, label_smoothing, classes
 
     def draw(self, n: int, gen: torch.Generator) -> Any:
         return self.transform.draw(n, gen)
@@ -76,8 +84,9 @@ class CrossEntropy:
     def __call__(
         self, net: nn.Module, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, drawn: Any, step: Step
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, target = mixed(x, y, drawn, self.classes)
         logits = net(self.transform(x, drawn))
-        return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
+        return logits, {"ce": F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)}
 
 
 @dataclass
@@ -154,11 +163,12 @@ class Task:
 
 def classifier_task(
     model: nn.Module, transform: Transform, groups: list[dict], label_smoothing: float,
-    saved: nn.Module | None = None,
+    saved: nn.Module | None = None, classes: int = 0,
 ) -> Task:  # fmt: skip
-    """A model trained with cross-entropy on the labels (a student alone, a teacher's fit)."""
+    """A model trained with cross-entropy on the labels (a student alone, a teacher's fit); `classes`
+    is needed only when the transform draws mixup / cutmix."""
     return Task(
-        model, CrossEntropy(transform, label_smoothing), model, transform,
+        model, CrossEntropy(transform, label_smoothing, classes), model, transform,
         saved if saved is not None else model, groups,
     )  # fmt: skip
 

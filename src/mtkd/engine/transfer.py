@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,9 @@ from mtkd.cache.teacher_cache import (
 )
 from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
-from mtkd.engine.builders import ImageTransform, load_model
+from mtkd.engine.builders import ImageTransform, augment_of, load_model
 from mtkd.engine.config import TeacherRef, TrainConfig
-from mtkd.engine.trainer import Task
+from mtkd.engine.trainer import Task, mixed
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
 from mtkd.methods.base import FINAL_MAP, Step, method_class
@@ -158,9 +159,15 @@ class TransferLoss:
         t = cfg.transfer
         self.teachers = teachers
         self.normalize, self.device = normalize, device
+        self.classes = dataset.num_classes
         images = dataset.train.images
-        self.views = t.views
-        self.params = view_params(len(images), t.views, cfg.train.crop_padding, hflip, t.view_seed)
+        self.views, self.online = t.views, t.teacher_mode == "online"
+        self.augment = augment_of(cfg.train, hflip, dataset.mean)
+        self.size = (int(images.shape[-2]), int(images.shape[-1]))
+        # Cached teachers: V views per image, each one draw of the pipeline from (view_seed, v).
+        self.params = (
+            [] if self.online else view_params(len(images), t.views, self.augment, t.view_seed, self.size)
+        )
         self.teacher_paths = tuple(sorted({p for m in methods for p in m.teacher_maps()}))
         if FINAL_MAP in self.teacher_paths:
             for x in teachers:
@@ -173,9 +180,10 @@ class TransferLoss:
         self.teacher_hooks = []
         if t.teacher_mode == "cached":
             for teacher in teachers:
+                a = self.augment
                 spec = CacheSpec(
-                    t.views, cfg.train.crop_padding, hflip, t.view_seed, t.cache_dtype, teacher.has_logits,
-                    self.teacher_paths,
+                    t.views, a.padding, a.hflip, t.view_seed, t.cache_dtype, teacher.has_logits, self.teacher_paths,
+                    a if a.beyond_crop_flip else None,
                 )  # fmt: skip
                 size = teacher.net.input_size if teacher.reads_files else None
                 teacher.cache = build_cache(
@@ -186,7 +194,7 @@ class TransferLoss:
             self.teacher_hooks = [FeatureHooks(x.net, list(self.teacher_paths)) for x in teachers]
 
     def teacher_outputs(
-        self, views: torch.Tensor, index: torch.Tensor, images: torch.Tensor
+        self, views: torch.Tensor | None, index: torch.Tensor, images: torch.Tensor
     ) -> list[TeacherOutputs]:
         out = []
         for k, teacher in enumerate(self.teachers):
@@ -203,8 +211,11 @@ class TransferLoss:
             out.append(TeacherOutputs(feats, logits, maps, head))
         return out
 
-    def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Which cached view each row of the step's global batch is shown as."""
+    def draw(self, n: int, gen: torch.Generator) -> Any:
+        """Cached teachers: which view each row of the step's global batch is shown as. Online
+        teachers: a fresh draw of the pipeline (and the batch's mix), like a student alone."""
+        if self.online:
+            return self.augment.draw(n, self.size, gen)
         return torch.randint(0, self.views, (n,), generator=gen)
 
     def __call__(
@@ -213,11 +224,16 @@ class TransferLoss:
         index: torch.Tensor,
         batch: torch.Tensor,
         target: torch.Tensor,
-        views: torch.Tensor,
+        drawn: Any,
         step: Step,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images = images_for(batch, index, views.to(batch.device), self.params)
-        teachers = self.teacher_outputs(views, index, images)
+        if self.online:
+            images = drawn.apply(batch) if drawn is not None else batch
+            images, target = mixed(images, target, drawn, self.classes)
+            teachers = self.teacher_outputs(None, index, images)
+        else:
+            images = images_for(batch, index, drawn.to(batch.device), self.params)
+            teachers = self.teacher_outputs(drawn, index, images)
         return net(self.normalize(images), teachers, target, step)
 
 
@@ -243,9 +259,20 @@ def build_methods(
     dims = [t.net.num_features for t in teachers]
     have_logits = all(t.has_logits for t in teachers)
     methods: list[Method] = []
+    mixes = cfg.train.augment.mixup > 0 or cfg.train.augment.cutmix > 0
+    if mixes and teachers and cfg.transfer.teacher_mode == "cached":
+        raise MtkdError(
+            "train.augment.mixup / cutmix mix pairs of images that cached teachers never saw: "
+            "set transfer.teacher_mode: online (or train the student without teachers)"
+        )
     for name, options in specs:
-        method_class(name)  # an unknown name is reported before anything else
+        cls = method_class(name)  # an unknown name is reported before anything else
         if name != "none" and not teachers:
             raise MtkdError(f"method '{name}' needs teachers: set transfer.teachers (--teachers)")
+        if mixes and cls.hard_labels:
+            raise MtkdError(
+                f"method '{name}' needs one class per image, which mixup / cutmix take away: "
+                "set train.augment.mixup and cutmix to 0 for it"
+            )
         methods.append(build_method(name, options, student_dim, dims, num_classes, have_logits))
     return nn.ModuleList(methods)

@@ -65,6 +65,9 @@ class Method(nn.Module):
     needs_logits: ClassVar[bool] = False  # needs teachers adapted to the dataset's classes
     max_teachers: ClassVar[int | None] = None  # None: any number of teachers
     may_skip_parameters: ClassVar[bool] = False  # some steps leave some of its parameters out (DDP must know)
+    hard_labels: ClassVar[bool] = (
+        False  # reads one class per image (labels [B]); else takes soft targets [B, C] too
+    )
 
     def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__()

@@ -55,6 +55,7 @@ def dkd_terms(
 class DecoupledKD(LogitMethod):
     name = "dkd"
     Options = DKDOptions
+    hard_labels = True  # splits the target class from the rest
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
