@@ -101,10 +101,8 @@ def main() -> None:
           f"{args.epochs} epochs x {args.rounds} rounds, threads {torch.get_num_threads()}")  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in PIPELINES}
     for r in range(args.rounds):
-        for label, augment in PIPELINES.items():
-            times[label] += epochs_seconds(
-                ds, args.model, augment, args.epochs, tmp / f"{r}-{len(times[label])}"
-            )[1:]
+        for i, (label, augment) in enumerate(PIPELINES.items()):
+            times[label] += epochs_seconds(ds, args.model, augment, args.epochs, tmp / f"{r}-{i}")[1:]
     print(f"{'pipeline':<24}{'train img/s':>12}{'vs default':>12}{'augment alone img/s':>21}")
     base = n / statistics.median(times["crop + flip (default)"])
     for label, augment in PIPELINES.items():

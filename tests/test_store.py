@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mtkd.data import load_dataset
@@ -188,3 +189,35 @@ def test_a_teacher_is_shown_the_original_files_at_its_input_size(tmp_path, caplo
         progress=False,
     )  # fmt: skip
     assert mtkd.evaluate(fitted)["top1"] == fitted.test_acc
+
+
+def test_a_named_dataset_is_written_once_into_a_store_when_asked_and_trains_the_same(
+    tmp_path, caplog, capsys
+):
+    """torchvision's sets and the other named datasets are read into memory; with
+    data.in_memory false they are written into a store once and read from it batch by batch."""
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+    from mtkd.data.store import StoredImages
+
+    memory = load_dataset("digits")
+    caplog.clear()
+    disk = load_dataset("digits", in_memory=False)
+    assert "writing" in caplog.text
+    assert isinstance(disk.train.images, StoredImages) and isinstance(disk.test.images, StoredImages)
+    for split in ("train", "val", "test"):
+        a, b = memory.split(split), disk.split(split)
+        assert torch.equal(a.images, b.images[:]) and torch.equal(a.labels, b.labels)
+    assert (memory.mean, memory.std) == (disk.mean, disk.std)
+    caplog.clear()
+    load_dataset("digits", in_memory=False)
+    assert "writing" not in caplog.text  # the store is reused
+    weights = []
+    for mode in ("true", "false"):
+        out = tmp_path / mode
+        code, _, err = run_cli(["train", "--dataset", "digits", "--epochs", "1", "--out", out, "--set",
+                                f"data.in_memory={mode}", "--set", "output.progress=false"], capsys)  # fmt: skip
+        assert code == 0, err
+        weights.append(load_file(out / "best.safetensors"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

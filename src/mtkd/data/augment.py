@@ -278,8 +278,11 @@ def _resized_boxes(
     ch = torch.sqrt(target / aspect).round().long()
     ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
     u = torch.rand(n, 10, 2, generator=gen, dtype=torch.float64)
-    first = torch.where(ok.any(1), ok.long().argmax(1), -1)
-    boxes = torch.empty(n, 4, dtype=torch.long)
+    found = ok.any(1)
+    j = ok.long().argmax(1)[:, None]  # each image's first try that fits
+    bh, bw = ch.gather(1, j)[:, 0], cw.gather(1, j)[:, 0]
+    top = (u[:, :, 0].gather(1, j)[:, 0] * (h - bh + 1)).long()
+    left = (u[:, :, 1].gather(1, j)[:, 0] * (w - bw + 1)).long()
     in_ratio = w / h
     if in_ratio < ratio[0]:
         fw, fh = w, int(round(w / ratio[0]))
@@ -287,16 +290,8 @@ def _resized_boxes(
         fh, fw = h, int(round(h * ratio[1]))
     else:
         fw, fh = w, h
-    for i in range(n):
-        j = int(first[i])
-        if j < 0:
-            boxes[i] = torch.tensor([(h - fh) // 2, (w - fw) // 2, fh, fw])
-            continue
-        bh, bw = int(ch[i, j]), int(cw[i, j])
-        top = int(u[i, j, 0] * (h - bh + 1))
-        left = int(u[i, j, 1] * (w - bw + 1))
-        boxes[i] = torch.tensor([top, left, bh, bw])
-    return boxes
+    central = torch.tensor([(h - fh) // 2, (w - fw) // 2, fh, fw])
+    return torch.where(found[:, None], torch.stack([top, left, bh, bw], 1), central)
 
 
 def _resized_crop(x: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -348,14 +343,12 @@ def _erase_boxes(n: int, size: tuple[int, int], p: float, gen: torch.Generator) 
     ew = torch.sqrt(target / aspect).round().long()
     ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
     u = torch.rand(n, 10, 2, generator=gen, dtype=torch.float64)
-    boxes = torch.zeros(n, 4, dtype=torch.long)
-    for i in range(n):
-        if not on[i] or not ok[i].any():
-            continue
-        j = int(ok[i].long().argmax())
-        bh, bw = int(eh[i, j]), int(ew[i, j])
-        boxes[i] = torch.tensor([int(u[i, j, 0] * (h - bh + 1)), int(u[i, j, 1] * (w - bw + 1)), bh, bw])
-    return boxes
+    j = ok.long().argmax(1)[:, None]  # each image's first try that fits
+    bh, bw = eh.gather(1, j)[:, 0], ew.gather(1, j)[:, 0]
+    top = (u[:, :, 0].gather(1, j)[:, 0] * (h - bh + 1)).long()
+    left = (u[:, :, 1].gather(1, j)[:, 0] * (w - bw + 1)).long()
+    boxes = torch.stack([top, left, bh, bw], 1)
+    return torch.where((on & ok.any(1))[:, None], boxes, torch.zeros_like(boxes))
 
 
 def _erase(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], fill: list[float]) -> torch.Tensor:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from mtkd.data import sources
-from mtkd.data.base import Dataset, carve_validation
+from mtkd.data.base import Dataset, ImageSet, carve_validation
 from mtkd.data.convert import as_dataset
 from mtkd.data.folder import find_splits, load_image_folder
+from mtkd.data.store import array_store, memory_available
 from mtkd.errors import MtkdError
 from mtkd.registry import Registry, short_doc
 
@@ -100,8 +101,10 @@ def load_dataset(
 ) -> Dataset:
     """Load a named dataset or `folder:PATH` with train / val / test splits.
 
-    Named datasets live in memory; an image folder is decoded once into a dataset store and held
-    in memory or read from disk batch by batch (`in_memory`: True, False, or "auto").
+    An image folder is decoded once into a dataset store, and held in memory or read from disk
+    batch by batch (`in_memory`: True, False, or "auto": in memory when all its splits take under a
+    quarter of the memory this process may use). A named dataset is read into memory; with
+    `in_memory` False (or "auto" and too large) it is written once into a store and read from it.
 
     The validation split is carved from train (stratified, seeded by `split_seed`) unless
     the source has its own; the test split is never touched by training.
@@ -121,6 +124,12 @@ def load_dataset(
             return _plugin_dataset(name, val_fraction, split_seed)
         classes, splits, source = entry.read(data_dir, download)
         hflip = entry.hflip
+        nbytes = sum(part.images.numel() for part in splits.values())
+        if in_memory is False or (in_memory == "auto" and nbytes >= memory_available() // 4):
+            splits = {
+                k: ImageSet(array_store(part.images, part.labels, f"{name}/{k}"), part.labels)
+                for k, part in splits.items()
+            }
     else:
         raise MtkdError(_unknown(name))
     if "val" not in splits:

@@ -208,6 +208,52 @@ def folder_store(
     return StoredImages(folder, shape, offset), stored_labels
 
 
+def array_store(images: torch.Tensor, labels: torch.Tensor, label: str) -> StoredImages:
+    """A split that was read into memory (a named dataset's: torchvision's sets, Fashion-MNIST) written
+    once into a store keyed by its content, so training can read it batch by batch from disk."""
+    arr = np.ascontiguousarray(images.numpy())
+    ys = np.ascontiguousarray(labels.numpy().astype(np.int64))
+    digest = hashlib.sha256(json.dumps({"format": FORMAT, "array": list(arr.shape)}).encode())
+    digest.update(memoryview(arr).cast("B"))
+    digest.update(ys.tobytes())
+    key = f"array-{digest.hexdigest()[:24]}"
+    folder = cache_dir() / "stores" / key
+    with file_lock(folder.parent / f"{key}.lock", f"dataset store {key}", wait=True):
+        found = _open(folder)
+        if found is None:
+            _write_array(folder, arr, ys, label)
+            found = _open(folder)
+    if found is None:
+        raise MtkdError(f"dataset store {folder} could not be read back after writing it")
+    shape, offset, _ = found
+    return StoredImages(folder, shape, offset)
+
+
+def _write_array(folder: Path, arr: np.ndarray, labels: np.ndarray, label: str) -> None:
+    """The store of an array: the same files as a built one (blocks hashed, meta.json last)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    say(f"{label}: writing {len(arr)} images into a store ({arr.nbytes / 2**30:.2f} GiB) in {folder}")
+    partial = folder / "images.partial.npy"
+    with open(partial, "wb") as fh:
+        np.save(fh, arr)
+        fh.flush()
+        os.fsync(fh.fileno())
+    flat = arr.reshape(len(arr), -1)
+    blocks = [
+        hashlib.sha256(memoryview(flat[s : s + BLOCK]).cast("B")).hexdigest()
+        for s in range(0, len(arr), BLOCK)
+    ]
+    partial.replace(folder / "images.npy")
+    np.save(folder / "labels.npy", labels)
+    write_json(folder / "checked.json", _stat(folder / "images.npy"))
+    write_json(folder / "meta.json", {
+        "format": FORMAT, "shape": list(arr.shape), "blocks": blocks,
+        "labels": hashlib.sha256(labels.tobytes()).hexdigest(), "files": len(arr),
+    })  # fmt: skip
+
+
 def _build(
     folder: Path, files: list[Path], labels: np.ndarray, channels: int, size: tuple[int, int], label: str
 ) -> None:
