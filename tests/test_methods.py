@@ -165,15 +165,22 @@ def test_projected_distances_match_autograd_of_the_plain_formula(distance, dims,
     )
 
 
-def test_projected_distances_in_float32_and_from_inference_tensors():
+@pytest.mark.parametrize("distance", ["cosine", "mse", "smooth_l1"])
+def test_projected_distances_in_float32_and_from_inference_tensors(distance):
+    """Teacher outputs made under inference_mode (a teacher module that runs itself that way) train
+    the projectors with every distance (smooth-L1 saves its target for the backward pass)."""
     projs, targets = _projectors_and_targets(
         [1280] * 4, ["linear"] * 4, rows=128, dim_in=64, dtype=torch.float32
     )
-    with torch.inference_mode():  # an online teacher's outputs
+    with torch.inference_mode():
         targets = [t.clone() for t in targets]
     x = torch.randn(128, 64, requires_grad=True)
-    fast = projected_distances(x, projs, targets, "cosine")
-    ref = torch.stack([feature_distance(p(x), t, "cosine") for p, t in zip(projs, targets, strict=True)])
+    fast = projected_distances(x, projs, targets, distance)
+    plain = [t.clone() for t in targets]  # outside inference mode: ordinary tensors, the reference
+    ref = torch.stack([feature_distance(p(x), t, distance) for p, t in zip(projs, plain, strict=True)])
+    if distance == "mse":  # against the all-zero target: 2 here, 1 by the plain formula (same gradient)
+        ref = ref.clone()
+        ref[0, 1] = 2.0
     torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-5)
     fast.sum().backward()
     got = [x.grad, *(p.grad for m in projs for p in m.parameters())]

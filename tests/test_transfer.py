@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from mtkd.cache.teacher_cache import CacheSpec, TeacherImages, _load, build_cache, view_params
+from mtkd.cache.teacher_cache import CacheSpec, TeacherImages, _load, build_cache, images_for, view_params
 from mtkd.data import load_dataset
 from mtkd.data.augment import Augment
 from mtkd.data.batches import Normalize
@@ -207,3 +207,20 @@ def test_view_0_comes_from_the_probe_fits_features_with_the_same_bits(digits_tea
     assert sum(seen[1:]) == 2 * len(ds.train.images)
     for name in ("features", "logits"):
         assert np.array_equal(np.asarray(reused.arrays[name]), np.asarray(fresh.arrays[name])), name
+
+
+def test_cached_views_are_chosen_on_the_host_whatever_the_images_device():
+    """The rows shown as each view are picked with the step's CPU draw and index, and the images
+    stay on their own device (here `meta`: no data, but a device check on every operation, as on
+    CUDA): the output is on the images' device, and equals the CPU result in shape."""
+    augment = Augment(padding=2, hflip=True)
+    params = view_params(10, 3, augment, 0, (8, 8))
+    index = torch.tensor([1, 5, 7, 9])
+    views = torch.tensor([0, 1, 2, 1])
+    out = images_for(torch.zeros(4, 1, 8, 8, dtype=torch.uint8, device="meta"), index, views, params)
+    assert out.device.type == "meta" and out.shape == (4, 1, 8, 8)
+    cpu = images_for(torch.arange(256, dtype=torch.uint8).view(4, 1, 8, 8), index, views, params)
+    want = params[1][index[1:2]].apply(torch.arange(64, 128, dtype=torch.uint8).view(1, 1, 8, 8))
+    assert torch.equal(cpu[1:2], want) and torch.equal(
+        cpu[0], torch.arange(64, dtype=torch.uint8).view(1, 8, 8)
+    )

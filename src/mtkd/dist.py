@@ -114,7 +114,13 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
         return place, device
     _die_with_launcher()
     if device.type == "cuda":
-        device = torch.device("cuda", place.local_rank % torch.cuda.device_count())
+        gpus, here = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if here > gpus:  # two processes on one card would share it and slow each other down
+            raise MtkdError(
+                f"{here} processes on this machine but {gpus} CUDA device(s): start one process per GPU "
+                f"(--nproc {gpus}), or train on the CPU (train.device cpu)"
+            )
+        device = torch.device("cuda", place.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -55,14 +55,19 @@ def view_params(n: int, views: int, augment: Augment, seed: int, size: tuple[int
 def images_for(
     batch: torch.Tensor, index: torch.Tensor, views: torch.Tensor, params: list[Drawn | None]
 ) -> torch.Tensor:
-    """The uint8 images `batch` (rows `index` of the split), each as its view `views[i]`."""
+    """The uint8 images `batch` (rows `index` of the split), each as its view `views[i]`.
+
+    The choice of rows is made on the host (views and index are CPU tensors of the step's draw;
+    a copy elsewhere is brought back), the images stay on their device."""
+    views, index = views.cpu(), index.cpu()
     out = batch.clone()
     for v, p in enumerate(params):
         if p is None:
             continue
-        mask = views == v
-        if mask.any():
-            out[mask] = p[index[mask].cpu()].apply(batch[mask])
+        rows = (views == v).nonzero().flatten()
+        if len(rows):
+            at = rows.to(batch.device, non_blocking=True)
+            out[at] = p[index[rows]].apply(batch[at])
     return out
 
 
@@ -206,8 +211,14 @@ def _clean_view(
 
 
 def computed_by(device: torch.device) -> str:
-    """What, besides its inputs, decides the bits of a teacher's outputs here."""
-    return f"cpu/{torch.get_num_threads()} threads" if device.type == "cpu" else device.type
+    """What, besides its inputs, decides the bits of a teacher's outputs here: on the CPU the thread
+    count; on CUDA the GPU model and whether TF32 may stand in for float32 (matmul, cuDNN)."""
+    if device.type == "cpu":
+        return f"cpu/{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        return f"cuda/{torch.cuda.get_device_name(device)}/tf32 {int(tf32[0])}{int(tf32[1])}"
+    return device.type
 
 
 def content_hash(images: Images, labels: torch.Tensor) -> str:

@@ -65,7 +65,9 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "auto":
         if device.type != "cuda":
             return Precision()
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # bf16 only where the GPU computes it (Ampere on); emulated bf16 is slow, fp16 with loss
+        # scaling is not
+        name = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if name == "fp32":
         return Precision()
     if name == "fp16":

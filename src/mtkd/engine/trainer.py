@@ -389,14 +389,20 @@ class Trainer:
         values = {k: v.item() for k, v in terms.items()}
         self.optimizer.zero_grad(set_to_none=True)
         scaler = self.precision.scaler
+        stepped = True
         if scaler is not None:
             scaler.scale(loss).backward()
+            before = scaler.get_scale()
             scaler.step(self.optimizer)
             scaler.update()
+            # a step fp16's scaler skipped (an inf or nan gradient; the scale went down) did not
+            # train: the learning-rate schedule waits for the next one that does
+            stepped = scaler.get_scale() >= before
         else:
             loss.backward()
             self.optimizer.step()
-        self.scheduler.step()
+        if stepped:
+            self.scheduler.step()
         return values, logits, target
 
     def _step_row(self, global_step: int, epoch: int, values: dict[str, float], rows: int) -> dict:

@@ -232,7 +232,7 @@ class TransferLoss:
             images, target = mixed(images, target, drawn, self.classes)
             teachers = self.teacher_outputs(None, index, images)
         else:
-            images = images_for(batch, index, drawn.to(batch.device), self.params)
+            images = images_for(batch, index, drawn, self.params)
             teachers = self.teacher_outputs(drawn, index, images)
         return net(self.normalize(images), teachers, target, step)
 

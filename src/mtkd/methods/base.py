@@ -172,6 +172,10 @@ def feature_distance(pred: torch.Tensor, target: torch.Tensor, distance: str) ->
     if distance == "cosine":
         return 1 - F.cosine_similarity(pred, target, dim=1)
     if distance == "smooth_l1":
+        # smooth-L1 saves its target for the backward pass, which an inference tensor (a teacher run
+        # under inference_mode) refuses: a copy made here, outside inference mode, is a plain tensor.
+        if target.is_inference():
+            target = target.clone()
         return F.smooth_l1_loss(pred, target, reduction="none").mean(1)
     raise ValueError(distance)
 
