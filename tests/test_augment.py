@@ -238,3 +238,17 @@ def test_the_step_loss_of_a_mixed_batch_is_the_cross_entropy_on_soft_targets():
     soft = soft * 0.9 + 0.1 / 4  # label smoothing on soft targets
     want = -(soft * torch.log_softmax(net(norm(mixed)), 1)).sum(1).mean()
     assert torch.allclose(terms["ce"], want) and not torch.equal(mixed, x)
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [Augment(padding=2, hflip=True), Augment(crop="resized", auto="randaugment", jitter=0.4, erasing=0.5)],
+)
+def test_a_channels_last_batch_stays_channels_last(augment):
+    """CUDA runs put batches in channels_last for the convolutions; the crop (an indexing) used to
+    give back a plain NCHW tensor. The values are the same either way."""
+    x = _images(n=4)
+    drawn = augment.draw(4, (20, 24), torch.Generator().manual_seed(0))
+    last = drawn.apply(x.contiguous(memory_format=torch.channels_last))
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    assert torch.equal(last, drawn.apply(x))

@@ -252,3 +252,20 @@ def test_method_errors_are_one_line():
         build_method("avg_kd", {}, 2, [2, 2], 2, teachers_have_logits=False)
     with pytest.raises(MtkdError, match="at most 1 teacher"):
         build_method("kd", {}, 2, [2, 2], 2)
+
+
+@pytest.mark.parametrize("feature", ["map", "pooled"])
+def test_camkd_without_its_feature_term_has_nothing_to_train(feature):
+    """feature_weight 0: no embeddings or projectors (under DDP, parameters no step uses would stall
+    the gradient reduction), and the same logit term as with them."""
+    options = {"temperature": 1.0, "feature_weight": 0.0, "feature": feature}
+    cam = build_method("camkd", options, 2, [2, 2], 2)
+    assert list(cam.parameters()) == [] and cam.teacher_maps() == []
+    teachers = [_teacher((math.log(9.0), 0.0), (1.0, 0.0)), _teacher((0.0, 0.0), (0.0, 1.0))]
+    terms = cam(_student(), teachers, torch.tensor([0]), Step(epoch=3))
+    with_them = build_method("camkd", {**options, "feature_weight": 2.0, "feature": "pooled"}, 2, [2, 2], 2)
+    assert set(terms) == {"camkd"}
+    assert (
+        terms["camkd"].item()
+        == with_them(_student(), teachers, torch.tensor([0]), Step(epoch=3))["camkd"].item()
+    )

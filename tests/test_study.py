@@ -378,3 +378,19 @@ def test_report_renders_in_a_browser(study, tmp_path):
     titles = [a for a in check["answers"] if a.startswith("Q")]
     assert titles == ["Q1. Does the student improve with transfer?", "Q2. Does the student beat its teacher?",
                       "Q3. Is one teacher enough?"]  # fmt: skip
+
+
+def test_parallel_runs_get_gpus_of_their_own(monkeypatch, tmp_path):
+    """With GPUs, the run in each --jobs slot sees its own (nproc per run, round the visible ones);
+    without, nothing is set. Checked on the environment the runner gives its children."""
+    import mtkd.study.runner as runner_module
+
+    cfg = StudyConfig.model_validate({"name": "g", "output": str(tmp_path)})
+    monkeypatch.setattr(runner_module, "visible_gpus", lambda: ["3", "5", "6"])
+    two = runner_module._Runner(cfg, [], workers=2, nproc=1)
+    assert [two.child_env(1, s)["CUDA_VISIBLE_DEVICES"] for s in (0, 1)] == ["3", "5"]
+    pairs = runner_module._Runner(cfg, [], workers=2, nproc=2)
+    assert [pairs.child_env(1, s)["CUDA_VISIBLE_DEVICES"] for s in (0, 1)] == ["3,5", "6,3"]
+    monkeypatch.setattr(runner_module, "visible_gpus", lambda: [])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert "CUDA_VISIBLE_DEVICES" not in runner_module._Runner(cfg, [], workers=2, nproc=1).child_env(1, 1)

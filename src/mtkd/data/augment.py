@@ -215,7 +215,14 @@ class Drawn:
         )  # fmt: skip
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """The drawn views of uint8 images x [B, C, H, W] (mix aside: see Mix.apply)."""
+        """The drawn views of uint8 images x [B, C, H, W] (mix aside: see Mix.apply), in x's memory
+        format (a channels_last batch stays channels_last for the convolutions)."""
+        out = self._views(x)
+        if x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _views(self, x: torch.Tensor) -> torch.Tensor:
         a, (h, w) = self.augment, x.shape[-2:]
         fy, fx = h / self.size[0], w / self.size[1]
         if self.box is not None:

@@ -93,7 +93,9 @@ class ConfidenceAwareKD(Method):
 
     def __init__(self, options: CAMKDOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__(options, student_dim, teacher_dims, num_classes)
-        if options.feature == "map":
+        if options.feature_weight == 0:  # no feature term: nothing to train for it (nor for DDP to wait on)
+            pass
+        elif options.feature == "map":
             self.embeddings = nn.ModuleList(embedding(student_dim, d) for d in teacher_dims)
         else:
             self.projectors = nn.ModuleList(nn.Linear(student_dim, d) for d in teacher_dims)

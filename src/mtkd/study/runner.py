@@ -78,6 +78,19 @@ def _args(job: Job, spec: Path) -> list[str]:
     return [*(["teacher", "fit"] if job.kind == "teacher" else ["train"]), "--config", str(spec)]
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may give its runs: CUDA_VISIBLE_DEVICES' entries where set,
+    else every device torch sees; none without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def _command(job: Job, spec: Path, resume: bool, nproc: int) -> list[str]:
     return torchrun_command(nproc, [*_args(job, spec), *(["--resume"] if resume else [])])
 
@@ -135,6 +148,8 @@ class _Runner:
         self.finished = {j.id for j in jobs if self.status[j.id] == "done"}
         self.failed: dict[str, str] = {}
         self.running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
+        self.slots: dict[str, int] = {}  # running job -> its GPU slot
+        self.gpus = visible_gpus()
         self.threads = cfg.threads or 1  # every run's compute threads, whatever `workers` is
         self.in_process = workers == 1 and nproc == 1
         self.position = self.launched = len(jobs) - len(self.todo)  # finished / started so far
@@ -143,13 +158,20 @@ class _Runner:
             if self.status[job.id] == "done" and self.state.jobs[job.id].get("status") != "done":
                 self.state.set(job, status="done")
 
-    def child_env(self, threads: int) -> dict[str, str]:
+    def child_env(self, threads: int, slot: int = 0) -> dict[str, str]:
         """A child run's environment. With more threads than cores, OpenMP threads sleep while they
         wait instead of spinning: measured here, two 2-thread runs on 2 cores took 4x the time of
-        one spinning, 1.2x sleeping (the results are the same bits either way)."""
+        one spinning, 1.2x sleeping (the results are the same bits either way). On a machine with
+        GPUs, the run in slot s of the --jobs sees GPUs s*nproc .. s*nproc + nproc - 1 (round the
+        visible ones), not all of them: otherwise every run would train on the first."""
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         if self.workers * self.nproc * threads > (os.cpu_count() or 1):
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if self.gpus and self.workers > 1:
+            n = len(self.gpus)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(
+                self.gpus[(slot * self.nproc + k) % n] for k in range(self.nproc)
+            )
         return env
 
     def blocked(self, job: Job) -> str | None:
@@ -180,11 +202,13 @@ class _Runner:
         atomic_write(spec, to_yaml(job.config))
         with open(run_dir / "log.txt", "a") as log:
             # A session of its own: a Ctrl-C reaches the study, which passes it on once.
+            slot = min(set(range(self.workers)) - set(self.slots.values()), default=0)
             proc = subprocess.Popen(
                 _command(job, spec, resume, self.nproc), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=self.child_env(job.config.train.threads),
+                start_new_session=True, env=self.child_env(job.config.train.threads, slot),
             )  # fmt: skip
         self.running[job.id] = (proc, job, time.time())
+        self.slots[job.id] = slot
 
     def finish(self, job: Job, error: str | None, t0: float) -> None:
         self.position += 1
@@ -204,6 +228,7 @@ class _Runner:
             if proc.poll() is None:
                 continue
             del self.running[job_id]
+            self.slots.pop(job_id, None)
             assert job.config is not None
             if self.stop.signum and proc.returncode > 128:
                 self.state.set(job, status="interrupted")
