@@ -17,6 +17,7 @@ after normalisation means); mixed images are rounded back to uint8.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +53,7 @@ _OPS: list[tuple[str, bool, Any, Any]] = [
 OP_NAMES = [op[0] for op in _OPS]
 
 
+@functools.lru_cache(maxsize=4096)
 def _magnitude(op: int, wide: bool, level: int, side: int) -> float | None:
     """torchvision's magnitude of operation `op` at bin `level` for an image `side` pixels along the
     operation's axis (translations only), before the sign."""
