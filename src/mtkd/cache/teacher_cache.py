@@ -152,9 +152,22 @@ class TeacherCache:
     def logits(self) -> np.ndarray | None:
         return self.arrays.get("logits")
 
+    def to(self, device: torch.device) -> TeacherCache:
+        """Keep the tables on `device` when they fit in a quarter of its free memory (a CUDA device;
+        elsewhere they stay where they are, memory-mapped), so a lookup is one gather there."""
+        if device.type == "cpu":
+            return self
+        size = sum(t.numel() * t.element_size() for t in self._rows.values())
+        if device.type == "cuda" and size > torch.cuda.mem_get_info(device)[0] // 4:
+            return self
+        self._rows = {name: table.to(device) for name, table in self._rows.items()}
+        return self
+
     def get(self, views: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every array's rows for images `index`, each as its view `views[i]`, as float32."""
-        rows = views * self.n + index
+        """Every array's rows for images `index`, each as its view `views[i]`, as float32, on the
+        tables' device (the CPU's, or the training device's when they are kept there)."""
+        where = next(iter(self._rows.values())).device
+        rows = (views * self.n + index).to(where, non_blocking=True)
         return {
             name: table.index_select(0, rows).float().view(len(rows), *self.arrays[name].shape[2:])
             for name, table in self._rows.items()

@@ -32,21 +32,24 @@ def batch_indices(
         yield order[start : start + batch_size]
 
 
-def fetched(x: Any, indices: Iterable[Any], ahead: int = 2) -> Iterator[torch.Tensor]:
-    """x[i] for each i in order. From a tensor, as it is; from a store (mtkd.data.store), read by one
-    background thread `ahead` batches before they are needed (reads release the GIL)."""
-    if isinstance(x, torch.Tensor):
+def fetched(x: Any, indices: Iterable[Any], ahead: int = 2, pin: bool = False) -> Iterator[torch.Tensor]:
+    """x[i] for each i in order. From a tensor on the device (or on the CPU, for the CPU), gathered
+    there; else (a store's rows, mtkd.data.store, or host tensors for a GPU, in pinned memory when
+    `pin`, so the copy to the device does not block) by one background thread `ahead` batches
+    before they are needed (reads and copies release the GIL)."""
+    if isinstance(x, torch.Tensor) and not (pin and x.device.type == "cpu"):
         for index in indices:
-            yield x[index]
+            yield x[index.to(x.device) if isinstance(index, torch.Tensor) else index]
         return
+    get = (lambda i: x[i].pin_memory()) if pin else x.__getitem__  # noqa: E731
     todo = iter(indices)
     with ThreadPoolExecutor(1, thread_name_prefix="mtkd-read") as pool:
-        pending = deque(pool.submit(x.__getitem__, i) for _, i in zip(range(ahead), todo, strict=False))
+        pending = deque(pool.submit(get, i) for _, i in zip(range(ahead), todo, strict=False))
         while pending:
             batch = pending.popleft().result()
             following = next(todo, None)
             if following is not None:
-                pending.append(pool.submit(x.__getitem__, following))
+                pending.append(pool.submit(get, following))
             yield batch
 
 

@@ -399,9 +399,15 @@ def config_difference(old: dict | None, new: dict | None) -> str:
 
     Where the output goes and which device runs it do not count; neither do options the old
     config does not have (added by a later mtkd version, at their defaults then) or left unset
-    (runs of mtkd versions that did not record their thread count).
+    (runs of mtkd versions that did not record their thread count, or settle `precision: auto`:
+    a run records what auto meant on its device, and a study's `auto` accepts it).
     """
-    return _first_difference(_run_defining(old), _run_defining(new))
+    old, new = _run_defining(old), _run_defining(new)
+    trains = [side["train"] for side in (old, new) if isinstance(side.get("train"), dict)]
+    if any(train.get("precision") == "auto" for train in trains):
+        for train in trains:
+            train.pop("precision", None)
+    return _first_difference(old, new)
 
 
 def _run_defining(config: dict | None) -> dict:

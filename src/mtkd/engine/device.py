@@ -1,4 +1,4 @@
-"""Device choice, thread settings, and the CUDA speed-ups (mixed precision, channels_last, pinned memory)."""
+"""Device choice, thread settings, and the CUDA speed-ups (mixed precision, channels_last, data kept on the device)."""
 
 from __future__ import annotations
 
@@ -56,18 +56,26 @@ class Precision:
     dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
 
-    def autocast(self, device: torch.device) -> torch.autocast:
-        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+def precision_name(name: str, device: torch.device) -> str:
+    """'auto' is bf16 on CUDA devices that compute it, fp16 with loss scaling on older ones, fp32
+    elsewhere; any other name is itself."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "fp32"
+    # bf16 only where the GPU computes it (Ampere on); emulated bf16 is slow, fp16 with loss scaling is not
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    """'auto' is bf16 on CUDA devices that support it, fp16 with loss scaling on older ones, fp32 on the CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            return Precision()
-        # bf16 only where the GPU computes it (Ampere on); emulated bf16 is slow, fp16 with loss
-        # scaling is not
-        name = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    """The autocast dtype and loss scaler of a precision name (see precision_name for 'auto')."""
+    name = precision_name(name, device)
     if name == "fp32":
         return Precision()
     if name == "fp16":
@@ -81,7 +89,20 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def pinned(t: Any, device: torch.device) -> Any:
-    """Page-locked host memory for fast non-blocking copies to a CUDA device; unchanged otherwise
-    (and for a dataset store's rows, which are read batch by batch)."""
-    return t.pin_memory() if device.type == "cuda" and isinstance(t, torch.Tensor) else t
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether `nbytes` should live on `device` for a whole run: a quarter of a CUDA device's free
+    memory at most (the rest is the model's); never on the CPU, where the data already is."""
+    if device.type == "cpu":
+        return False
+    if device.type == "cuda":
+        return nbytes <= torch.cuda.mem_get_info(device)[0] // 4
+    return True  # another accelerator (or `meta`, in tests): as CUDA without the free-memory check
+
+
+def resident(t: Any, device: torch.device) -> Any:
+    """In-memory data (images, labels) moved to the training device once, when it fits there, so a
+    step's batch is a gather on the device; otherwise as it is (a dataset store's rows, data too
+    large, the CPU): then each batch is gathered on the host (into pinned memory for a GPU)."""
+    if isinstance(t, torch.Tensor) and fits_on(device, t.numel() * t.element_size()):
+        return t.to(device)
+    return t

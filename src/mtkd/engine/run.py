@@ -23,7 +23,13 @@ from mtkd.dist import Dist, setup
 from mtkd.engine.builders import ImageTransform, augment_of
 from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TeacherRef, TrainConfig, to_yaml
-from mtkd.engine.device import compute_threads, default_threads, pick_device, pinned, resolve_precision
+from mtkd.engine.device import (
+    compute_threads,
+    default_threads,
+    pick_device,
+    precision_name,
+    resolve_precision,
+)
 from mtkd.engine.trackers import check_trackers
 from mtkd.engine.trainer import FitData, Identity, Trainer, classifier_task
 from mtkd.engine.transfer import build_methods, load_teachers, transfer_task
@@ -149,19 +155,43 @@ def settle_threads(cfg: C, resume: bool) -> C:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
 
 
+def settle_precision(cfg: C, resume: bool, device: torch.device) -> C:
+    """The config with `train.precision: auto` settled to what it means on this device (bf16 or
+    fp16 on a GPU, fp32 on the CPU) and recorded with the run; on resume, the precision the run
+    was started with, whatever the device now: it decides the results, and fp16's loss-scaler
+    state goes with it. One that this device cannot run is refused in one line."""
+    asked, saved = cfg.train.precision, None
+    last = Path(cfg.output.dir) / "last.json"
+    if resume and last.is_file():
+        saved = ((read_meta(last).get("config") or {}).get("train") or {}).get("precision")
+    if saved not in (None, "auto"):
+        if asked not in ("auto", saved):
+            raise MtkdError(
+                f"cannot resume {cfg.output.dir}: it was trained with train.precision={saved} (the precision "
+                f"is part of a run's results); leave train.precision out, or set it to {saved}"
+            )
+        if saved == "fp16" and device.type != "cuda":
+            raise MtkdError(
+                f"cannot resume {cfg.output.dir} on {device.type}: it was trained in fp16 on a GPU; resume it on one"
+            )
+        precision = saved
+    else:
+        precision = precision_name(asked, device)
+    resolve_precision(precision, device)  # an impossible precision stops here, before any file
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+
+
 def _where(device: torch.device, place: Dist) -> str:
     return f"{device} x {place.world} processes" if place.active else str(device)
 
 
-def _start(
-    cfg: TrainConfig | TeacherFitConfig, resume: bool, data: Any = None
-) -> tuple[Dist, torch.device, Dataset]:
+def _start(cfg: C, resume: bool, data: Any = None) -> tuple[C, Dist, torch.device, Dataset]:
     """What every run does first: claim the output folder, pick the device (and join the other
-    processes under torchrun), load the data (unless given from Python), seed."""
+    processes under torchrun), settle the precision, load the data (unless given from Python), seed."""
     folder = Path(cfg.output.dir)
     check_folder(folder, resume)
     place, device = setup(pick_device(cfg.train.device))
-    resolve_precision(cfg.train.precision, device)  # an impossible precision stops here, before any file
+    cfg = settle_precision(cfg, resume, device)
     check_trackers(cfg.output)
     if data is None:
         dataset = open_dataset(cfg.data)
@@ -170,7 +200,7 @@ def _start(
         dataset.name = cfg.data.name
     torch.manual_seed(cfg.train.seed)
     place.barrier()  # every process has checked the folder before rank 0 writes into it
-    return place, device, dataset
+    return cfg, place, device, dataset
 
 
 @dataclass
@@ -248,7 +278,7 @@ def _named(cfg: C, given: Given, dataset: Dataset) -> C:
 
 def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> dict:
     started = time.time()
-    place, device, dataset = _start(cfg, resume, given.data)
+    cfg, place, device, dataset = _start(cfg, resume, given.data)
     cfg = _named(cfg, given, dataset)
     student, view, dim = _student(cfg, given, dataset, device)
     teachers = load_teachers(
@@ -279,9 +309,7 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
         "data": dataset.meta(),
         "config": cfg.model_dump(mode="json"),
     }
-    data = FitData(
-        pinned(dataset.train.images, device), dataset.train.labels, dataset.val.images, dataset.val.labels
-    )
+    data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
     say(
         f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {_where(device, place)}"
     )
@@ -340,7 +368,7 @@ def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False, data: Any = Non
 
 def _teacher_fit(cfg: TeacherFitConfig, resume: bool, stack: ExitStack, data: Any) -> dict:
     started = time.time()
-    place, device, dataset = _start(cfg, resume, data)
+    cfg, place, device, dataset = _start(cfg, resume, data)
     cfg = _named(cfg, Given(data=data), dataset)
     t = cfg.teacher
     spec = TeacherSpec(

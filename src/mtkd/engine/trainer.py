@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,8 +26,9 @@ from mtkd.data.batches import batch_indices, epoch_generator, fetched, row_slice
 from mtkd.dist import SINGLE, Dist, wrap
 from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig, config_difference
-from mtkd.engine.device import resolve_precision, use_channels_last
+from mtkd.engine.device import resident, resolve_precision, use_channels_last
 from mtkd.engine.logger import MetricsLog
+from mtkd.engine.readings import Readings, read_interval
 from mtkd.engine.signals import StopRequests
 from mtkd.errors import Interrupted, MtkdError
 from mtkd.methods.base import Step
@@ -127,12 +128,14 @@ def predict(
     was_training = model.training
     model.eval()
     part = place.shard(len(x))
+    slices = row_slices(part.start, part.stop, batch_size)
+    # kept on the device and copied back once: a copy per batch would wait for each batch
     out = [
-        model(transform(batch.to(device, non_blocking=True))).float().cpu()
-        for batch in fetched(x, row_slices(part.start, part.stop, batch_size))
+        model(transform(batch.to(device, non_blocking=True))).float()
+        for batch in fetched(x, slices, pin=device.type == "cuda")
     ]
     model.train(was_training)
-    return place.gather_rows(torch.cat(out) if out else torch.empty(0))
+    return place.gather_rows(torch.cat(out).cpu() if out else torch.empty(0))
 
 
 @dataclass
@@ -173,6 +176,13 @@ def classifier_task(
     )  # fmt: skip
 
 
+def restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """The CUDA generators' states saved with a checkpoint, for the devices this machine has (a
+    run saved on a machine with more GPUs resumes on one with fewer)."""
+    for device, state in enumerate(states[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, device)
+
+
 class Trainer:
     """Fit a Task on `data` with checkpoints in `out.dir`.
 
@@ -192,9 +202,14 @@ class Trainer:
         place: Dist = SINGLE,
     ):
         self.task = task
-        self.data = data
+        # The training split on the device when it fits there (validation is read in batches).
+        self.data = replace(
+            data, train_x=resident(data.train_x, device), train_y=resident(data.train_y, device)
+        )
+        self.pin = device.type == "cuda"  # batches gathered on the host go through pinned memory
         self.loop, self.schedule, self.out, self.meta, self.device = loop, schedule, out, meta, device
         self.place = place
+        self.read_every = read_interval(device, out.log_every)
         self.precision = resolve_precision(loop.precision, device)
         self.channels_last = use_channels_last(loop.channels_last, device)
         if self.channels_last:
@@ -246,7 +261,7 @@ class Trainer:
             self.precision.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and "cuda_rng" in state:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            restore_cuda_rng(state["cuda_rng"])
         self.start_epoch, self.best = int(state["epoch"]), dict(state["best"])
         self.partial, self.last_row = state.get("in_epoch"), dict(meta.get("metrics") or {})
         self.resumed = True
@@ -317,7 +332,8 @@ class Trainer:
         # The epoch's order first (the generator's first draw), then each step's random choices.
         order = list(batch_indices(len(y), self.loop.batch_size, True, gen, self.drop_last))
         mine = [index[place.shard(len(index))] for index in order]
-        batches = fetched(x, mine[skip:])
+        batches = fetched(x, mine[skip:], pin=self.pin)
+        readings = Readings()  # steps not yet read by the host (see engine.readings)
         with progress, contextlib.closing(batches):
             task = progress.add_task(
                 f"epoch {epoch}", total=self.steps_per_epoch, completed=skip, loss=0.0, acc=0.0, ips=0.0
@@ -330,20 +346,25 @@ class Trainer:
                 if drawn is not None:
                     drawn = drawn[place.shard(len(index))]
                 index = mine[step]
-                values, logits, target = self._step(epoch, step, index, next(batches), y, drawn)
-                for key, value in values.items():
-                    term_sums[key] = term_sums.get(key, 0.0) + value * len(target)
-                sums["loss"] += sum(values.values()) * len(target)
-                sums["correct"] += (logits.argmax(1) == target).sum().item()
-                sums["seen"] += len(target)
-                global_step = (epoch - 1) * self.steps_per_epoch + step + 1
-                if every and (global_step - 1) % every == 0:
-                    steps.append(self._step_row(global_step, epoch, values, len(target)))
-                progress.update(
-                    task, advance=1, loss=sums["loss"] / sums["seen"], acc=sums["correct"] / sums["seen"],
-                    ips=(sums["seen"] - seen_before) * place.world / (time.perf_counter() - start),
-                )  # fmt: skip
-                if self._stop_requested(step + 1):
+                terms, logits, target = self._step(epoch, step, index, next(batches), y, drawn)
+                readings.add(step, terms, logits, target)
+                stopping = self._stop_requested(step + 1)
+                if len(readings) >= self.read_every or stopping or step + 1 == len(order):
+                    for done in readings.read(epoch, self.folder):
+                        for key, value in done.terms.items():
+                            term_sums[key] = term_sums.get(key, 0.0) + value * done.rows
+                        sums["loss"] += sum(done.terms.values()) * done.rows
+                        sums["correct"] += done.correct
+                        sums["seen"] += done.rows
+                        global_step = (epoch - 1) * self.steps_per_epoch + done.step + 1
+                        if every and (global_step - 1) % every == 0:
+                            steps.append(self._step_row(global_step, epoch, done.terms, done.rows))
+                    progress.update(
+                        task, completed=step + 1, loss=sums["loss"] / sums["seen"],
+                        acc=sums["correct"] / sums["seen"],
+                        ips=(sums["seen"] - seen_before) * place.world / (time.perf_counter() - start),
+                    )  # fmt: skip
+                if stopping:
                     self._save_interrupted(
                         {"epoch": epoch, "step": step + 1, "sums": sums, "terms": term_sums, "steps": steps,
                          "seconds": before + time.perf_counter() - start}
@@ -369,24 +390,17 @@ class Trainer:
 
     def _step(
         self, epoch: int, step: int, index: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, drawn: Any
-    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """One optimisation step on this process's rows `index` (their inputs `rows`): (loss terms,
-        logits, labels)."""
+        logits, labels), all on the device: nothing here waits for it (but fp16's loss scale)."""
         batch = rows.to(self.device, non_blocking=True)
         if self.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        target = y[index].to(self.device, non_blocking=True)
+        target = y[index.to(y.device, non_blocking=True)].to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
             where = Step(epoch, step, self.steps_per_epoch, self.schedule.epochs)
             logits, terms = self.task.loss(self.net, index, batch, target, drawn, where)
             loss = torch.stack([t.float() for t in terms.values()]).sum()
-        if not torch.isfinite(loss):
-            bad = next(k for k, v in terms.items() if not torch.isfinite(v))
-            raise MtkdError(
-                f"loss term '{bad}' is {terms[bad].item()} at epoch {epoch}, step {step + 1}; stopped "
-                f"(the last good checkpoint stays in {self.folder}): lower the learning rate"
-            )
-        values = {k: v.item() for k, v in terms.items()}
         self.optimizer.zero_grad(set_to_none=True)
         scaler = self.precision.scaler
         stepped = True
@@ -403,7 +417,7 @@ class Trainer:
             self.optimizer.step()
         if stepped:
             self.scheduler.step()
-        return values, logits, target
+        return terms, logits, target
 
     def _step_row(self, global_step: int, epoch: int, values: dict[str, float], rows: int) -> dict:
         """One step's loss terms, averaged over the global batch (all processes)."""

@@ -190,8 +190,28 @@ class TransferLoss:
                     teacher.net, teacher.sha, teacher_images(dataset.train, size), spec, device,
                     f"teacher {teacher.name}", place,
                 )  # fmt: skip
+            self.to(device)
         elif self.teacher_paths:
             self.teacher_hooks = [FeatureHooks(x.net, list(self.teacher_paths)) for x in teachers]
+
+    def to(self, device: torch.device) -> TransferLoss:
+        """Run the step on `device`: the normalisation there, each teacher cache's tables too when
+        they fit in a quarter of its free memory (CUDA; on the CPU they stay memory-mapped), and
+        cached teachers' backbones on the host."""
+        self.device = device
+        self.normalize.to(device)
+        for teacher in self.teachers:
+            if teacher.cache is None:
+                continue
+            teacher.cache.to(device)
+            # Its outputs are in the cache: only camkd's map term still calls a part of it (the
+            # classifier head, on the device); the backbone leaves the device.
+            if FINAL_MAP in self.teacher_paths:  # an mtkd TeacherNet (checked above)
+                for name, part in teacher.net.named_children():
+                    part.to("cpu" if name == "body" else device)
+            else:
+                teacher.net.to("cpu")
+        return self
 
     def teacher_outputs(
         self, views: torch.Tensor | None, index: torch.Tensor, images: torch.Tensor
@@ -200,7 +220,10 @@ class TransferLoss:
         for k, teacher in enumerate(self.teachers):
             head = getattr(teacher.net, "forward_head", None) if teacher.has_logits else None
             if teacher.cache is not None:
-                rows = {name: x.to(self.device) for name, x in teacher.cache.get(views, index).items()}
+                rows = {
+                    name: x.to(self.device, non_blocking=True)
+                    for name, x in teacher.cache.get(views, index).items()
+                }
                 maps = {p: rows[f"map.{p}"] for p in self.teacher_paths}
                 out.append(TeacherOutputs(rows["features"], rows.get("logits"), maps, head))
                 continue

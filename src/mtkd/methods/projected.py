@@ -22,6 +22,8 @@ float rounding.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -44,7 +46,12 @@ class _ProjectedCosine(torch.autograd.Function):
         a[:, :, -1] = 1
         for i, (o, d) in enumerate(dims):
             a[i, :, :d], t[i, :, :o], v[i, :o, :d], v[i, :o, -1] = xs[i], ts[i], ws[i], bs[i]
-        with torch.autocast(a.device.type, enabled=False):
+        off = (
+            torch.autocast(a.device.type, enabled=False)
+            if a.device.type in ("cpu", "cuda")
+            else nullcontext()
+        )
+        with off:
             tv = torch.bmm(t, v)
             av = torch.bmm(a, torch.bmm(v.transpose(1, 2), v))
             q_norm = (av * a).sum(2).clamp_min(0).sqrt()
