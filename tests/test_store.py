@@ -221,3 +221,41 @@ def test_a_named_dataset_is_written_once_into_a_store_when_asked_and_trains_the_
         assert code == 0, err
         weights.append(load_file(out / "best.safetensors"))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_blocks_written_direct_or_through_the_page_cache_are_the_same_store(tmp_path, monkeypatch):
+    """A store's blocks of whole pages go to the disk with O_DIRECT (bypassing the page cache);
+    where that is refused or a block is not whole pages, a plain write. Both give the same bytes,
+    and the same pixels as decoding by hand."""
+    import mtkd._decode
+
+    root = _folder(tmp_path / "data", per_class=600, size=16)
+    written = []
+    real = mtkd._decode._write_direct
+    monkeypatch.setattr(mtkd._decode, "_write_direct", lambda *a: written.append(real(*a)) or written[-1])
+    direct = load_dataset(f"folder:{root}", image_size=16)  # 16x16x3: blocks of whole pages
+    assert len(written) == 4  # train: 512 + 512 + 176 images, test: 80 (each a whole number of pages)
+    probe = cache_dir() / "direct-probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+        supported = True
+    except OSError:
+        supported = False
+    assert all(w > 0 for w in written) == supported
+    by_hand = image_to_tensor(open_image(root / "test" / "dog" / "0031.png"), 3, (16, 16))
+    assert (direct.test.images[40 + 31] == by_hand).all()
+
+    home1 = cache_dir()
+    monkeypatch.setenv("MTKD_HOME", str(tmp_path / "home2"))
+    monkeypatch.delattr(os, "O_DIRECT")
+    written.clear()
+    buffered = load_dataset(f"folder:{root}", image_size=16)
+    assert written == []
+    assert (buffered.train.images == direct.train.images).all() and (
+        buffered.test.images == direct.test.images
+    ).all()
+    second = sorted((tmp_path / "home2" / "stores").glob("*/images.npy"))
+    assert len(second) == 2
+    for path in second:  # the same file, byte for byte (its data from byte 4096 on)
+        assert path.read_bytes() == (home1 / "stores" / path.parent.name / "images.npy").read_bytes()

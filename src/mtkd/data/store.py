@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtkd._decode import ALIGN
 from mtkd.console import Milestones, make_progress, say
 from mtkd.errors import MtkdError
 from mtkd.io import cache_dir, file_lock, read_json, write_json
@@ -138,6 +139,18 @@ def _layout(path: Path) -> tuple[tuple[int, ...], int]:
         if dtype != np.uint8 or fortran:
             raise ValueError("layout")
         return tuple(shape), fh.tell()
+
+
+def _create_array(path: Path, shape: tuple[int, ...]) -> None:
+    """A sparse uint8 .npy file of `shape` whose data starts at ALIGN bytes (its header padded, as
+    the format allows), so blocks of whole pages can be written to it with O_DIRECT."""
+    header = repr({"descr": "|u1", "fortran_order": False, "shape": tuple(int(d) for d in shape)})
+    length = ALIGN - 10  # magic (6), version (2), header length (2), then the header
+    with open(path, "wb") as fh:
+        fh.write(
+            b"\x93NUMPY\x01\x00" + length.to_bytes(2, "little") + header.ljust(length - 1).encode() + b"\n"
+        )
+        fh.truncate(ALIGN + math.prod(shape))
 
 
 def _file_hashes(path: Path, offset: int, block_bytes: int, blocks: int) -> list[str]:
@@ -268,8 +281,7 @@ def _build(
     partial_path, progress_path = folder / "images.partial.npy", folder / "progress.json"
     progress = read_json(progress_path, default={}) if partial_path.is_file() else {}
     if not progress:  # a new file of the full size (sparse until written)
-        made = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.uint8, shape=(n, channels, h, w))
-        del made
+        _create_array(partial_path, (n, channels, h, w))
     _, offset = _layout(partial_path)
     blocks: list[str] = list(progress.get("blocks", []))
     done = len(blocks) * BLOCK
