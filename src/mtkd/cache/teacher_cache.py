@@ -353,7 +353,7 @@ class _Builder:
     def chunk(self, v: int, index: torch.Tensor, batch: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Chunk `index` of view `v`: from the clean features through the head when they are known."""
         if self.known(v):
-            feats = torch.from_numpy(self.clean[index.numpy()]).to(self.device)
+            feats = torch.from_numpy(self.clean[index.numpy()]).to(self.device, non_blocking=True)
             return {
                 "features": feats,
                 "logits": self.teacher.head(feats),
@@ -366,7 +366,7 @@ class _Builder:
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         feats, logits = self.teacher.pooled_and_logits(
-            batch.to(self.device).float() / 255.0, self.spec.with_logits
+            batch.to(self.device, non_blocking=True).float() / 255.0, self.spec.with_logits
         )
         out = {"features": feats} if logits is None else {"features": feats, "logits": logits}
         for path in self.spec.maps:

@@ -230,7 +230,9 @@ class Drawn:
         if self.box is not None:
             x = _resized_crop(x, self.box, self.size)
             if self.crop.flip is not None:
-                x = torch.where(self.crop.flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+                x = torch.where(
+                    self.crop.flip.to(x.device, non_blocking=True)[:, None, None, None], x.flip(-1), x
+                )
         else:
             x = apply_crop_flip(x, self.crop.scaled(fy, fx))
         fill = [float(v) for v in a.fill]
@@ -239,7 +241,7 @@ class Drawn:
         if self.ops is not None:
             x = self._auto(x, (h, w), fill)
         if self.jitter is not None:
-            x = _jitter(x, self.jitter.to(x.device))
+            x = _jitter(x, self.jitter.to(x.device, non_blocking=True))
         if self.erase is not None:
             x = _erase(x, self.erase, self.size, fill)
         return x
@@ -262,7 +264,7 @@ class Drawn:
                     m *= hw[axis] / self.size[axis]  # the same shift relative to the image
                 if neg and _OPS[op][1]:
                     m = -m
-                rows = (keys == key).nonzero().flatten().to(x.device)
+                rows = (keys == key).nonzero().flatten().to(x.device, non_blocking=True)
                 x[rows] = apply_op(x[rows], op, m, fill)
         return x
 
@@ -312,7 +314,7 @@ def _resized_crop(x: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> 
     theta = torch.zeros(len(b), 2, 3, dtype=torch.float64)
     theta[:, 0, 0], theta[:, 0, 2] = ww, 2 * left + ww - 1
     theta[:, 1, 1], theta[:, 1, 2] = hh, 2 * top + hh - 1
-    theta = theta.float().to(x.device)
+    theta = theta.float().to(x.device, non_blocking=True)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.round_().clamp_(0, 255).to(x.dtype)
@@ -371,8 +373,13 @@ def _erase(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], fill: li
     inside = (
         ((rows[None, :] >= top[:, None]) & (rows[None, :] < bottom[:, None]))[:, :, None]
         & ((cols[None, :] >= left[:, None]) & (cols[None, :] < right[:, None]))[:, None, :]
-    )[:, None].to(x.device)
-    colour = torch.tensor(fill, dtype=torch.float32).round().to(x.dtype).to(x.device)[None, :, None, None]
+    )[:, None].to(x.device, non_blocking=True)
+    colour = (
+        torch.tensor(fill, dtype=torch.float32)
+        .round()
+        .to(x.dtype)
+        .to(x.device, non_blocking=True)[None, :, None, None]
+    )
     return torch.where(inside, colour, x)
 
 

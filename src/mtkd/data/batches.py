@@ -99,13 +99,13 @@ def apply_crop_flip(images: torch.Tensor, params: CropFlip) -> torch.Tensor:
     out = images
     if params.dy is not None:
         padded = F.pad(images, (p, p, p, p))
-        rows = (params.dy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (params.dx.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        rows = (params.dy.to(dev, non_blocking=True)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (params.dx.to(dev, non_blocking=True)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
         batch = torch.arange(b, device=dev)[:, None, None, None]
         chan = torch.arange(c, device=dev)[None, :, None, None]
         out = padded[batch, chan, rows, cols]
     if params.flip is not None:
-        out = torch.where(params.flip.to(dev)[:, None, None, None], out.flip(-1), out)
+        out = torch.where(params.flip.to(dev, non_blocking=True)[:, None, None, None], out.flip(-1), out)
     return out
 
 

@@ -349,7 +349,7 @@ def _extract(
         lines = Milestones(label, n)
         chunks = [torch.arange(s.start, s.stop) for s in row_slices(part.start, part.stop, batch_size)]
         for batch in images.batches(chunks):
-            fmap = teacher.forward_features(batch.to(device).float() / 255.0)
+            fmap = teacher.forward_features(batch.to(device, non_blocking=True).float() / 255.0)
             out.append(fmap.cpu())
             done += len(batch)
             ips = done / (time.perf_counter() - start)

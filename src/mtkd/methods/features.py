@@ -60,11 +60,11 @@ class FeatureTransfer(Method):
         if o.combine == "learned":
             self.alpha = nn.Parameter(torch.zeros(len(teacher_dims)))
 
-    def teacher_weights(self) -> torch.Tensor:
+    def teacher_weights(self, device: torch.device | None = None) -> torch.Tensor:
         if self.options.combine == "learned":
             return torch.softmax(self.alpha, dim=0)
         k = len(self.projectors)
-        return torch.full((k,), 1.0 / k)
+        return torch.full((k,), 1.0 / k, device=device)  # made there: a copy to a GPU would wait for it
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
@@ -75,7 +75,7 @@ class FeatureTransfer(Method):
             target = torch.cat([F.normalize(t.features, dim=1) for t in teachers], dim=1) / math.sqrt(k)
             loss = projected_distances(student.features, self.projectors, [target], o.distance).mean()
         else:
-            w = self.teacher_weights().to(student.features.device)
+            w = self.teacher_weights(student.features.device)
             targets = [t.features for t in teachers]
             dist = projected_distances(student.features, self.projectors, targets, o.distance).mean(1)
             loss = (w * dist).sum()
