@@ -163,13 +163,20 @@ class TeacherCache:
         self._rows = {name: table.to(device) for name, table in self._rows.items()}
         return self
 
-    def get(self, views: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every array's rows for images `index`, each as its view `views[i]`, as float32, on the
-        tables' device (the CPU's, or the training device's when they are kept there)."""
+    def get(
+        self, views: torch.Tensor, index: torch.Tensor, device: torch.device | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every array's rows for images `index`, each as its view `views[i]`, as float32 on
+        `device` (default: the tables' own). Rows are gathered where the tables are (the training
+        device when they are kept there), copied in their stored dtype without blocking, and
+        widened to float32 on arrival."""
         where = next(iter(self._rows.values())).device
         rows = (views * self.n + index).to(where, non_blocking=True)
         return {
-            name: table.index_select(0, rows).float().view(len(rows), *self.arrays[name].shape[2:])
+            name: table.index_select(0, rows)
+            .to(device or where, non_blocking=True)
+            .float()
+            .view(len(rows), *self.arrays[name].shape[2:])
             for name, table in self._rows.items()
         }
 

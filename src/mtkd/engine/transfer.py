@@ -220,10 +220,7 @@ class TransferLoss:
         for k, teacher in enumerate(self.teachers):
             head = getattr(teacher.net, "forward_head", None) if teacher.has_logits else None
             if teacher.cache is not None:
-                rows = {
-                    name: x.to(self.device, non_blocking=True)
-                    for name, x in teacher.cache.get(views, index).items()
-                }
+                rows = teacher.cache.get(views, index, self.device)
                 maps = {p: rows[f"map.{p}"] for p in self.teacher_paths}
                 out.append(TeacherOutputs(rows["features"], rows.get("logits"), maps, head))
                 continue
