@@ -152,14 +152,13 @@ class TeacherCache:
     def logits(self) -> np.ndarray | None:
         return self.arrays.get("logits")
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._rows.values())
+
     def to(self, device: torch.device) -> TeacherCache:
-        """Keep the tables on `device` when they fit in a quarter of its free memory (a CUDA device;
-        elsewhere they stay where they are, memory-mapped), so a lookup is one gather there."""
-        if device.type == "cpu":
-            return self
-        size = sum(t.numel() * t.element_size() for t in self._rows.values())
-        if device.type == "cuda" and size > torch.cuda.mem_get_info(device)[0] // 4:
-            return self
+        """Keep the tables on `device` (whether they should be there is the caller's choice), so a
+        lookup is one gather there."""
         self._rows = {name: table.to(device) for name, table in self._rows.items()}
         return self
 

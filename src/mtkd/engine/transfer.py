@@ -28,6 +28,7 @@ from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
 from mtkd.engine.builders import ImageTransform, augment_of, load_model
 from mtkd.engine.config import TeacherRef, TrainConfig
+from mtkd.engine.device import fits_on
 from mtkd.engine.trainer import Task, mixed
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
@@ -203,7 +204,8 @@ class TransferLoss:
         for teacher in self.teachers:
             if teacher.cache is None:
                 continue
-            teacher.cache.to(device)
+            if fits_on(device, teacher.cache.nbytes):
+                teacher.cache.to(device)
             # Its outputs are in the cache: only camkd's map term still calls a part of it (the
             # classifier head, on the device); the backbone leaves the device.
             if FINAL_MAP in self.teacher_paths:  # an mtkd TeacherNet (checked above)
