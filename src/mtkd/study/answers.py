@@ -23,6 +23,7 @@ from mtkd.study.stats import (
     paired_interval,
     reading,
     seeds_to_settle,
+    teacher_seeds_to_settle,
     welch_interval,
 )
 
@@ -130,6 +131,11 @@ def _more(iv: Interval, how: Reading, limit: int | None) -> str:
     n = seeds_to_settle(iv, how.equivalence)
     if iv.n < 2:
         return " Run at least 2 seeds."
+    if iv.n_other >= 2 and (n is None or (limit is not None and n > limit)):
+        t = teacher_seeds_to_settle(iv, how.equivalence, max(iv.n, limit or iv.n))
+        if t is not None:
+            return (f" The teacher's own seeds are what is short: at the observed spreads, about {t} teacher seeds "
+                    f"(teacher_seeds: {t}) with {max(iv.n, limit or iv.n)} student seeds would settle it.")  # fmt: skip
     if n is None:
         return " At the observed spread no number of seeds within 1000 would settle it."
     more = f" At the observed spread, about {n} seeds would settle it"
@@ -293,14 +299,48 @@ def questions(student: str, groups: list[Group], teachers: dict[str, list[dict]]
     return out
 
 
-def answer(rows: list[dict], how: Reading, limit: int | None = None) -> dict:
+def selection_warnings(groups: list[Group], rows: list[dict], margin: float) -> list[str]:
+    """Where the configurations a question compares were chosen on a validation split that cannot
+    separate them (ties within one image, or the ceiling), say so (`mtkd.study.select`)."""
+    from mtkd.study.select import choose
+
+    counts = [int(r["val_count"]) for r in rows if r.get("val_count")]
+    out = []
+    transfer = [g for g in groups if g.method != "none"]
+    for what, pool in (("the best transfer", transfer), ("the best single teacher", [g for g in transfer if len(g.teachers) == 1]),
+                       ("the best combination", [g for g in transfer if len(g.teachers) > 1])):  # fmt: skip
+        if len(pool) < 2:
+            continue
+        scores = {(g.method, g.teachers): g.stat("val_acc")[0] for g in pool}
+        note = choose(scores, min(counts) if counts else None, margin, lambda k: 0.0).note
+        if note:
+            out.append(
+                f"Choosing {what} on validation: {note.replace('Took the smallest, cheapest', 'The study took the best on the mean instead')}"
+            )
+    return out
+
+
+def answer(rows: list[dict], how: Reading, limit: int | None = None,
+           picks: dict[str, dict[str, list[tuple]]] | None = None) -> dict:  # fmt: skip
     """Per student: tables and the three answers (a JSON-ready dict); `limit` is the most seeds a
-    configuration may get (sequential seeds), for the 'would take N seeds' advice."""
+    configuration may get (sequential seeds), for the 'would take N seeds' advice. `picks`: per
+    student, the (method, teachers) each question compares, fixed by a search (default: chosen
+    here on validation, as the grid does)."""
     teachers = teacher_rows(rows)
     out = {}
     for student, groups in student_groups(rows).items():
         alone = next((g for g in groups if g.method == "none"), None)
         result: dict = {"configs": [], "warnings": teacher_warnings(teachers, alone)}
+        fixed = (picks or {}).get(student)
+        by_key = {(g.method, g.teachers): g for g in groups}
+        pick = (
+            {q: [by_key[k] for k in ks if k in by_key] for q, ks in fixed.items()}
+            if fixed
+            else compared(groups)
+        )
+        pick = {q: (v if len(v) == {"q1": 2, "q2": 1, "q3": 2}[q] else []) for q, v in pick.items()}
+        if not fixed:
+            result["warnings"] += selection_warnings(groups, rows, how.equivalence)
         for g in groups:
             entry = {"label": g.short, "method": g.method, "teachers": list(g.teachers), "n": len(g.rows),
                      "seeds": sorted(g.rows)}  # fmt: skip
@@ -311,7 +351,7 @@ def answer(rows: list[dict], how: Reading, limit: int | None = None) -> dict:
                     iv = paired(g, alone, how, key)
                     entry[name] = {**iv.to_dict(), "reading": reading(iv, how.equivalence)}
             result["configs"].append(entry)
-        result.update(questions(student, groups, teachers, how, limit))
+        result.update(questions(student, groups, teachers, how, limit, pick=pick))
         by_size = []
         for k in sorted({len(g.teachers) for g in groups}):
             size_groups = [g for g in groups if len(g.teachers) == k]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -48,6 +48,37 @@ class SeedRange(Section):
         if self.max < self.min:
             raise ValueError(f"max ({self.max}) is below min ({self.min})")
         return self
+
+
+class SearchConfig(Section):
+    """How a study chooses teachers from its pool: every subset (grid), forward selection (greedy) or
+    successive halving (halving), each spending at most `budget` student-run equivalents per student
+    on screening and search; the pick is then confirmed on the study's own seeds, never used to choose."""
+
+    strategy: Literal["auto", "grid", "greedy", "halving"] = Field(
+        "auto", description="grid: every subset up to max_teachers; greedy: forward selection; halving: "
+        "successive halving over teacher sets x methods; auto: grid up to 3 candidates, else greedy",
+    )  # fmt: skip
+    budget: float | None = Field(
+        None, gt=0,
+        description="student-run equivalents (a full-schedule run = 1, a run of e of E epochs = e/E) for "
+        "screening and search, per student; default: what the strategy needs for the whole pool",
+    )  # fmt: skip
+    seeds: int = Field(1, ge=1, le=20, description="seeds of each full-schedule search run")
+    seed_start: int = Field(
+        1000, ge=0, description="search runs use seeds seed_start, +1, ...: never a confirmation seed"
+    )
+    screen_epochs: int | None = Field(
+        None, ge=0,
+        description="epochs of the short screening run of each candidate alone (0: none; default: a "
+        "quarter of the student's schedule for greedy and halving, none for grid)",
+    )  # fmt: skip
+    eta: int = Field(
+        3, ge=2, le=10, description="halving: keep the best 1/eta at each rung, eta x the epochs"
+    )
+    leave_one_out: bool = Field(
+        True, description="confirm each member of the chosen set by training without it"
+    )
 
 
 class StudyConfig(Section):
@@ -94,6 +125,7 @@ class StudyConfig(Section):
         description="points of accuracy that matter: an interval inside +-equivalence reads 'no difference that matters'",
     )  # fmt: skip
     latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -118,6 +150,21 @@ class StudyConfig(Section):
                 "seeds must be a non-empty list of distinct non-negative integers, or {min:, max:}"
             )
         return v
+
+    @model_validator(mode="after")
+    def _search_seeds(self) -> StudyConfig:
+        shared = sorted(set(self.search_seeds) & set(self.seed_pool))
+        if shared:
+            raise ValueError(
+                f"search seeds {self.search_seeds[0]}..{self.search_seeds[-1]} overlap the confirmation seeds "
+                f"(e.g. {shared[0]}): the search must choose on seeds the answers never use; move search.seed_start"
+            )
+        return self
+
+    @property
+    def search_seeds(self) -> list[int]:
+        """The seeds of the search's runs; the answers never use them."""
+        return list(range(self.search.seed_start, self.search.seed_start + self.search.seeds))
 
     @property
     def sequential(self) -> bool:
@@ -164,7 +211,11 @@ def _entry_tree(entry: str | dict[str, Any], sections: set[str], leaf: str, inne
     tree: dict[str, Any] = {}
     for key, value in entry.items():
         if key in sections:
-            tree[key] = value
+            tree[key] = (
+                _merge(tree[key], value)
+                if isinstance(tree.get(key), dict) and isinstance(value, dict)
+                else value
+            )
         elif key in inner:
             set_dotted(tree, f"{leaf}.{key}", value)
         elif key != "label":
@@ -203,38 +254,103 @@ def student_configs(cfg: StudyConfig) -> dict[str, dict]:
     return out
 
 
+def expand_entry(entry: str | dict[str, Any]) -> list[tuple[str | None, str | dict[str, Any]]]:
+    """One pool entry as its candidates: `{name: m, input_size: [64, 96], mode: [probe, finetune]}` is
+    four teachers, labelled `m-64px-probe`, ... (a given `label` replaces `m`); (label or None, entry)."""
+    if not isinstance(entry, dict) or "checkpoint" in entry:
+        return [(None, entry)]
+    entry = dict(entry)
+    teacher = dict(entry.get("teacher") or {}) if isinstance(entry.get("teacher"), dict) else None
+    adapt = dict(entry.get("adapt") or {}) if isinstance(entry.get("adapt"), dict) else None
+    if "mode" in entry:  # shorthand for adapt.mode
+        adapt = {**(adapt or {}), "mode": entry.pop("mode")}
+        entry["adapt"] = adapt
+    axes: list[tuple[str, list]] = []
+    for where, key, suffix in (
+        (None, "input_size", "px"),
+        ("teacher", "input_size", "px"),
+        ("adapt", "mode", ""),
+    ):
+        holder = entry if where is None else (teacher if where == "teacher" else adapt)
+        if holder is not None and isinstance(holder.get(key), list):
+            values = holder[key]
+            if not values:
+                raise MtkdError(f"study teachers: '{key}' is an empty list in {entry}")
+            axes.append((f"{where + '.' if where else ''}{key}", [(v, f"{v}{suffix}") for v in values]))
+    if not axes:
+        return [(str(entry["label"]) if entry.get("label") else None, entry)]
+    base = str(entry.get("label") or entry.get("name") or (teacher or {}).get("name") or "mobilenet_v2")
+    out: list[tuple[str | None, str | dict[str, Any]]] = [(base, entry)]
+    for key, values in axes:
+        grown = []
+        for label, variant in out:
+            for value, tag in values:
+                one = json_copy(variant)
+                set_dotted(one, key, value)
+                grown.append((f"{label}-{tag}", one))
+        out = grown
+    return out
+
+
+def json_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: json_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [json_copy(v) for v in tree]
+    return tree
+
+
 def teacher_entries(cfg: StudyConfig) -> dict[str, dict]:
-    """label -> {'checkpoint': path} or a partial teacher-fit config tree."""
+    """label -> {'checkpoint': path} or a partial teacher-fit config tree, one per candidate (an entry
+    with lists of input sizes or adaptation modes gives one candidate per value)."""
     if not cfg.teachers:
         return {}
     sections = set(TeacherFitConfig.model_fields)
     out: dict[str, dict] = {}
-    for entry in cfg.teachers:
-        if isinstance(entry, dict) and "checkpoint" in entry:
-            path = Path(entry["checkpoint"])
-            if not (path / "best.json").is_file():
-                raise MtkdError(
-                    f"study teacher checkpoint {path}: no adapted teacher there (best.json missing)"
+    seen: dict[str, str] = {}  # the candidate's validated config -> its label
+    for given in cfg.teachers:
+        for expanded_label, entry in expand_entry(given):
+            if isinstance(entry, dict) and "checkpoint" in entry:
+                path = Path(entry["checkpoint"])
+                if not (path / "best.json").is_file():
+                    raise MtkdError(
+                        f"study teacher checkpoint {path}: no adapted teacher there (best.json missing)"
+                    )
+                label = safe_label(str(entry.get("label") or path.name), "study teacher")
+                tree: dict[str, Any] = {"checkpoint": str(path)}
+                identity = f"checkpoint:{path.resolve()}"
+            else:
+                tree = _merge(
+                    cfg.teacher_fit, _entry_tree(entry, sections, "teacher", set(TeacherConfig.model_fields))
                 )
-            label = _slug(str(entry.get("label") or path.name))
-            tree: dict[str, Any] = {"checkpoint": str(path)}
-        else:
-            tree = _merge(
-                cfg.teacher_fit, _entry_tree(entry, sections, "teacher", set(TeacherConfig.model_fields))
-            )
-            for forbidden in ("data", "output"):
-                if forbidden in tree:
-                    raise MtkdError(f"study teacher: '{forbidden}' is set by the study, not per teacher")
-            base = _validated(TeacherFitConfig, tree, "study teacher")
-            label = (
-                _slug(str(entry.get("label")))
-                if isinstance(entry, dict) and entry.get("label")
-                else base.teacher.name
-            )
-        if label in out:
-            raise MtkdError(f"study teachers: '{label}' appears twice (give one a label)")
-        out[label] = tree
+                for forbidden in ("data", "output"):
+                    if forbidden in tree:
+                        raise MtkdError(f"study teacher: '{forbidden}' is set by the study, not per teacher")
+                base = _validated(TeacherFitConfig, tree, "study teacher")
+                label = safe_label(expanded_label or base.teacher.name, "study teacher")
+                identity = str(base.model_dump(mode="json"))
+            if identity in seen:
+                raise MtkdError(
+                    f"study teachers: '{label}' is the same candidate as '{seen[identity]}' (a duplicate, after "
+                    "expanding the pool's lists)"
+                )
+            if label in out:
+                raise MtkdError(f"study teachers: '{label}' appears twice (give one a label)")
+            seen[identity] = label
+            out[label] = tree
     return out
+
+
+def safe_label(text: str, where: str) -> str:
+    """A label that becomes a folder name: refused when it is a path or has nothing folder-safe."""
+    if "/" in text or "\\" in text or text in (".", "..") or "\0" in text:
+        raise MtkdError(
+            f"{where} label '{text}' is a path: a label names a folder, use letters, digits, _ . = -"
+        )
+    label = _slug(text).replace("+", "-")  # '+' joins a team's labels
+    if not label or label in (".", ".."):
+        raise MtkdError(f"{where} label '{text}' has no letters or digits to name a folder with")
+    return label
 
 
 def settle_threads(cfg: StudyConfig) -> StudyConfig:

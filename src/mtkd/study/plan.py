@@ -43,69 +43,138 @@ def _fixed_threads(tree: dict, threads: int) -> dict:
     return tree
 
 
-def plan(cfg: StudyConfig) -> list[Job]:
-    """Every run the study may make, each config complete and validated (with sequential seeds,
-    every seed up to max: `first_jobs` and the looks pick which run); the study's `threads` must be
-    settled (`run_study` does it), so a run's results do not depend on how many run at once."""
-    assert cfg.threads is not None, "settle the study's threads first"
-    folder = Path(cfg.output)
-    data = cfg.data.model_dump(mode="json")
-    jobs: list[Job] = []
-    teacher_dirs: dict[str, str] = {}
-    for label, tree in teacher_entries(cfg).items():
-        if "checkpoint" in tree:
-            teacher_dirs[label] = tree["checkpoint"]
-            jobs.append(
-                Job(
-                    f"teachers/{label}",
-                    "teacher",
-                    None,
-                    info={"teacher": label, "given": True, "checkpoint": tree["checkpoint"]},
-                )
-            )
-            continue
-        for k in range(cfg.teacher_seeds):
-            # The students learn from the first; the others measure the teacher's seed-to-seed spread.
-            seed = cfg.teacher_seed + k
-            job_id = f"teachers/{label}" if k == 0 else f"teacher-seeds/{label}/seed{seed}"
-            full = _merge(tree, {"data": data, "output": {"dir": str(folder / job_id)}})
-            full = _fixed_threads(full, cfg.threads)
-            full.setdefault("train", {})["seed"] = seed
-            config = _validated(TeacherFitConfig, full, f"study teacher {label}")
-            if k == 0:
-                teacher_dirs[label] = str(folder / job_id)
-            jobs.append(Job(job_id, "teacher", config, info={"teacher": label, "given": False, "seed": seed}))
+def is_none(spec: str | dict) -> bool:
+    return spec == "none" or (isinstance(spec, dict) and spec.get("name") == "none")
 
+
+def study_methods(cfg: StudyConfig) -> list[tuple[str, str | dict]]:
+    """(label, spec) of every method the study compares, `none` (the student alone) first."""
     methods = [method_label(m) for m in cfg.methods]
-    if not any(spec == "none" or (isinstance(spec, dict) and spec["name"] == "none") for _, spec in methods):
+    if not any(is_none(spec) for _, spec in methods):
         methods.insert(0, ("none", "none"))
     labels = [label for label, _ in methods]
     if len(set(labels)) != len(labels):
         raise MtkdError(f"study methods: two methods share a label ({', '.join(labels)}); give them labels")
-    subsets = teacher_subsets(list(teacher_dirs), cfg.max_teachers)
-    for student, tree in student_configs(cfg).items():
-        for label, spec in methods:
-            is_none = spec == "none" or (isinstance(spec, dict) and spec["name"] == "none")
-            limit = None if is_none else _max_teachers(spec)
-            sets = [()] if is_none else [s for s in subsets if limit is None or len(s) <= limit]
-            if not is_none and not teacher_dirs:
+    return methods
+
+
+class Planner:
+    """Makes any run of a study on demand, its config complete and validated: the teachers' fits,
+    and a student run for (student, method, teacher set, seed, epochs). The grid asks for every
+    one up front; a search asks stage by stage. The same run always gets the same id and config."""
+
+    def __init__(self, cfg: StudyConfig):
+        assert cfg.threads is not None, "settle the study's threads first"
+        self.cfg, self.folder = cfg, Path(cfg.output)
+        self.data = cfg.data.model_dump(mode="json")
+        self.teacher_jobs: list[Job] = []
+        self.teacher_dirs: dict[str, str] = {}
+        for label, tree in teacher_entries(cfg).items():
+            self._teacher(label, tree)
+        self.methods = study_methods(cfg)
+        self.specs = dict(self.methods)
+        self.students = student_configs(cfg)
+        self.epochs = {s: _validated(TrainConfig, t, "study student").schedule.epochs
+                       for s, t in self.students.items()}  # fmt: skip
+        for label, spec in self.methods:
+            if not is_none(spec) and not self.teacher_dirs:
                 raise MtkdError(f"study method '{label}' needs teachers, and the study has none")
-            for subset in sets:
-                for seed in cfg.seed_pool:
-                    team = "+".join(subset) if subset else "alone"
-                    job_id = f"runs/{student}/{label}/{team}/seed{seed}"
-                    full = _merge(tree, {
-                        "data": data, "output": {"dir": str(folder / job_id)},
-                        "train": {"seed": seed},
-                        "transfer": {"teachers": [teacher_dirs[t] for t in subset], "methods": [spec]},
-                    })  # fmt: skip
-                    config = _validated(
-                        TrainConfig, _fixed_threads(full, cfg.threads), f"study student {student}"
-                    )
-                    info = {"student": student, "method": label, "teachers": list(subset), "seed": seed}
-                    jobs.append(Job(job_id, "student", config, [f"teachers/{t}" for t in subset], info))
+        self.made: dict[str, Job] = {}
+
+    def _teacher(self, label: str, tree: dict) -> None:
+        cfg = self.cfg
+        if "checkpoint" in tree:
+            self.teacher_dirs[label] = tree["checkpoint"]
+            info = {"teacher": label, "given": True, "checkpoint": tree["checkpoint"]}
+            self.teacher_jobs.append(Job(f"teachers/{label}", "teacher", None, info=info))
+            return
+        for k in range(cfg.teacher_seeds):
+            # The students learn from the first; the others measure the teacher's seed-to-seed spread.
+            seed = cfg.teacher_seed + k
+            job_id = f"teachers/{label}" if k == 0 else f"teacher-seeds/{label}/seed{seed}"
+            full = _merge(tree, {"data": self.data, "output": {"dir": str(self.folder / job_id)}})
+            full = _fixed_threads(full, cfg.threads)
+            full.setdefault("train", {})["seed"] = seed
+            config = _validated(TeacherFitConfig, full, f"study teacher {label}")
+            if k == 0:
+                self.teacher_dirs[label] = str(self.folder / job_id)
+            self.teacher_jobs.append(
+                Job(job_id, "teacher", config, info={"teacher": label, "given": False, "seed": seed})
+            )
+
+    @property
+    def candidates(self) -> list[str]:
+        return list(self.teacher_dirs)
+
+    def transfer_methods(self) -> list[str]:
+        return [label for label, spec in self.methods if not is_none(spec)]
+
+    def allows(self, method: str, size: int) -> bool:
+        spec = self.specs[method]
+        limit = None if is_none(spec) else _max_teachers(spec)
+        return limit is None or size <= limit
+
+    def student(self, student: str, method: str, teachers: tuple[str, ...], seed: int,
+                epochs: int | None = None, stage: str = "confirm") -> Job:  # fmt: skip
+        """One student run; `epochs` below the student's schedule makes a short (screening) run."""
+        full_epochs = self.epochs[student]
+        short = epochs is not None and epochs < full_epochs
+        team = "+".join(teachers) if teachers else "alone"
+        job_id = (f"search/{student}/{method}/{team}/e{epochs}/seed{seed}" if short
+                  else f"runs/{student}/{method}/{team}/seed{seed}")  # fmt: skip
+        if job_id in self.made:
+            return self.made[job_id]
+        spec = self.specs[method]
+        update: dict[str, Any] = {
+            "data": self.data, "output": {"dir": str(self.folder / job_id)}, "train": {"seed": seed},
+            "transfer": {"teachers": [self.teacher_dirs[t] for t in teachers], "methods": [spec]},
+        }  # fmt: skip
+        if short:
+            update["schedule"] = {"epochs": epochs}
+        full = _merge(self.students[student], update)
+        config = _validated(TrainConfig, _fixed_threads(full, self.cfg.threads), f"study student {student}")
+        info = {"student": student, "method": method, "teachers": list(teachers), "seed": seed,
+                "epochs": epochs if short else full_epochs, "full_epochs": full_epochs, "stage": stage}  # fmt: skip
+        job = Job(job_id, "student", config, [f"teachers/{t}" for t in teachers], info)
+        self.made[job_id] = job
+        return job
+
+
+def plan(cfg: StudyConfig) -> list[Job]:
+    """Every run the grid may make, each config complete and validated (with sequential seeds,
+    every seed up to max: `first_jobs` and the looks pick which run); the study's `threads` must be
+    settled (`run_study` does it), so a run's results do not depend on how many run at once.
+    A search (`search.strategy` greedy or halving) plans its runs stage by stage
+    (`mtkd.study.search`); here it gets its teachers and one run per student, method and candidate,
+    which is enough to check every model, weight source and option before anything runs."""
+    planner = Planner(cfg)
+    jobs = list(planner.teacher_jobs)
+    strategy = search_strategy(cfg, len(planner.candidates))
+    if strategy == "grid":
+        subsets = teacher_subsets(planner.candidates, cfg.max_teachers)
+        for student in planner.students:
+            for label, spec in planner.methods:
+                sets = [()] if is_none(spec) else [s for s in subsets if planner.allows(label, len(s))]
+                for subset in sets:
+                    jobs += [planner.student(student, label, subset, seed) for seed in cfg.seed_pool]
+    else:
+        seed = cfg.seed_pool[0]
+        for student in planner.students:
+            jobs.append(planner.student(student, "none", (), seed))
+            for label in planner.transfer_methods():
+                jobs += [planner.student(student, label, (c,), seed) for c in planner.candidates]
+    from mtkd.study.search import check_search  # the search reads the plan: imported here, not above
+
+    check_search(planner)
     _check_names(cfg, jobs)
     return jobs
+
+
+def search_strategy(cfg: StudyConfig, candidates: int) -> str:
+    """The strategy a study uses: as asked, or grid for pools of up to 3 candidates, else greedy."""
+    if cfg.search.strategy != "auto":
+        return cfg.search.strategy
+    return "grid" if candidates <= 3 else "greedy"
 
 
 def _check_names(cfg: StudyConfig, jobs: list[Job]) -> None:

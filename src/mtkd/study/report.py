@@ -15,7 +15,7 @@ from pathlib import Path
 from mtkd.console import say
 from mtkd.io import atomic_write, read_json
 from mtkd.study import plots
-from mtkd.study.answers import Group, answer, best_by_val, reading_of, student_groups, teacher_rows
+from mtkd.study.answers import Group, answer, best_by_val, paired, reading_of, student_groups, teacher_rows
 from mtkd.study.config import SeedRange, StudyConfig
 from mtkd.study.plan import Job
 from mtkd.study.results import add_latency, collect, run_path, write_results
@@ -261,24 +261,36 @@ def to_html(blocks: list[Block], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str]) -> dict:
+def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str], records: dict | None = None) -> dict:
+    """results.csv/json, report.md and report.html from the finished runs; `records`: each
+    student's search (screening, path, picks), for a study that searched its pool."""
     study = Path(cfg.output)
-    rows, summaries = collect(jobs, study)
-    if not any(r["kind"] == "student" for r in rows):
+    records = records or {}
+    every, summaries = collect(jobs, study)
+    if not any(r["kind"] == "student" for r in every):
         say("no student run finished: no report")
         return {}
     say("report: timing inference of each architecture (once) and drawing the plots")
-    add_latency(rows, study, cfg.latency)
+    add_latency(every, study, cfg.latency)
+    rows = [r for r in every if r["kind"] == "teacher" or r.get("stage", "confirm") == "confirm"]
     limit = cfg.seeds.max if isinstance(cfg.seeds, SeedRange) else None
-    answers = answer(rows, reading_of(cfg), limit)
+    from mtkd.study.search import picks_of
+
+    answers = answer(rows, reading_of(cfg), limit, picks_of(records))
     (study / "plots").mkdir(exist_ok=True)
     blocks = _blocks(cfg, rows, summaries, answers, failures, study)
-    write_results(rows, study, {"alpha": cfg.alpha, "equivalence": cfg.equivalence, "looks": cfg.looks,
-                                "level": look_level(cfg.alpha, cfg.looks), "answers": answers, "failures": failures})  # fmt: skip
+    blocks[-3:-3] = search_blocks(cfg, every, records, answers, study)
+    write_results(every, study, {"alpha": cfg.alpha, "equivalence": cfg.equivalence, "looks": cfg.looks,
+                                 "level": look_level(cfg.alpha, cfg.looks), "answers": answers, "failures": failures,
+                                 "search": {s: r.to_dict() for s, r in records.items()}})  # fmt: skip
     atomic_write(study / "report.md", to_markdown(blocks, study))
     atomic_write(study / "report.html", to_html(blocks, f"mtkd study: {cfg.name}"))
     for student, a in answers.items():
         say(f"[bold]{student}[/bold]")
+        r = records.get(student)
+        if r is not None and r.chosen:
+            say(f"  search ({r.strategy}): chose {r.chosen[0]} from {' + '.join(r.chosen[1])}; spent "
+                f"{r.spent:.1f} student-run equivalents (the grid: {r.grid_runs} runs)")  # fmt: skip
         for q in ("q1", "q2", "q3"):
             if a.get(q):
                 say(f"  {q.upper()}. {a[q]['sentence']}")
@@ -286,3 +298,114 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str]) -> dict
             say(f"  [yellow]warning[/yellow]: {warning}")
     say(f"report: {study / 'report.html'} (also report.md, results.csv, results.json, plots/)")
     return answers
+
+
+def search_blocks(
+    cfg: StudyConfig, rows: list[dict], records: dict, answers: dict, study: Path
+) -> list[Block]:
+    """Screening (every candidate, its cost and proxies, with their rank correlation to the
+    full-schedule outcome), the search's steps and spending, the curve along its path and each
+    member's contribution, on the confirmation seeds."""
+    from mtkd.study.search import leave_one_out_rows, screening_table
+
+    level = look_level(cfg.alpha, cfg.looks)
+    how = reading_of(cfg)
+    confirm = [r for r in rows if r["kind"] == "teacher" or r.get("stage", "confirm") == "confirm"]
+    groups_by_student = student_groups(confirm)
+    b: list[Block] = []
+    for student in answers:
+        record = records.get(student)
+        screen = screening_table(rows, records, student)
+        if not screen["candidates"]:
+            continue
+        b.append(("h2", f"Screening the pool{f' ({student})' if len(answers) > 1 else ''}"))
+        methods = sorted(
+            {m for c in screen["candidates"] for m in c["screen"]}
+            | {m for c in screen["candidates"] for m in c["outcome"]}
+        )
+        table = []
+        for c in sorted(screen["candidates"], key=lambda c: -c["val"][0]):
+            lat = f"{c['latency_ms']:.2f}" if c.get("latency_ms") else ""
+            cells = [c["teacher"], _acc(*c["val"]) if c["seeds"] > 1 else _acc(c["val"][0]), f"{c['params']:,}",
+                     f"{c['macs'] / 1e6:.1f}M", lat]  # fmt: skip
+            for m in methods:
+                sv, ov = c["screen"].get(m), c["outcome"].get(m)
+                cells += [_acc(sv) if sv is not None else "", _acc(ov) if ov is not None else ""]
+            table.append(cells)
+        head = ["candidate", "own val acc", "params", "MACs/image", "latency ms"]
+        for m in methods:
+            head += [f"{m}: screening val acc", f"{m}: full-schedule test acc (alone from it)"]
+        b.append(("table", head, table))
+        proxies = [[p["proxy"], p["method"], str(p["n"]), f"{p['rho']:+.2f}" if p["rho"] is not None else "n/a (under 3 candidates)"]
+                   for p in screen["proxies"]]  # fmt: skip
+        if proxies:
+            b.append(("p", "Can a cheap proxy rank the candidates? Spearman's rank correlation of each proxy with the "
+                           "test accuracy a student reaches from that candidate alone at the full schedule, over the "
+                           "candidates the study ran both for (1: the same order; 0: no relation)."))  # fmt: skip
+            b.append(("table", ["proxy", "method", "candidates", "Spearman rho"], proxies))
+        if record is None:
+            continue
+        b.append(("h2", f"The search ({record.strategy}){f', {student}' if len(answers) > 1 else ''}"))
+        budget = (
+            f"a budget of {record.budget:g}"
+            if record.budget is not None
+            else "no budget set (the whole pool)"
+        )
+        b.append(("p", f"{len(record.shortlist)} of {len(screen['candidates'])} candidates searched, with {budget}; "
+                       f"spent {record.spent:.2f} student-run equivalents (a full-schedule run is 1) on screening and "
+                       f"search, against {record.grid_runs} runs for the grid of every teacher set up to "
+                       f"{cfg.max_teachers} with every method at {len(cfg.first_seeds)} seed(s). Search seeds "
+                       f"{', '.join(map(str, cfg.search_seeds))}; the answers use only seeds "
+                       f"{', '.join(map(str, cfg.seed_pool))}."))  # fmt: skip
+        if record.strategy == "greedy":
+            steps = [[s["method"], str(s["size"]), str(s["tried"]), " + ".join(s["best"]), _acc(s["val"]),
+                      f"{100 * s['gain']:+.2f}" if "gain" in s else "", s.get("stop", "")] for s in record.steps]  # fmt: skip
+            b.append(("table", ["method", "teachers", "sets tried", "best set (validation)", "its val acc",
+                                "gain (points)", "stop"], steps))  # fmt: skip
+        else:
+            steps = [[str(s["rung"]), str(s["epochs"]), str(s["seeds"]), str(s["configs"]), str(s["promoted"]),
+                      "; ".join(s["best"])] for s in record.steps]  # fmt: skip
+            b.append(
+                (
+                    "table",
+                    ["rung", "epochs", "seeds", "configurations", "promoted", "best on validation"],
+                    steps,
+                )
+            )
+        for note in record.notes:
+            b.append(("p", f"**Note**: {note}"))
+        if record.chosen:
+            b.append(("p", f"**Chosen**: {record.chosen[0]} from {' + '.join(record.chosen[1])}."))
+        groups = groups_by_student.get(student, [])
+        by_key = {(g.method, g.teachers): g for g in groups}
+        alone = by_key.get(("none", ()))
+        curve = []
+        for key in record.path:
+            g = by_key.get(key)
+            if g is None or alone is None:
+                continue
+            iv = paired(g, alone, how)
+            curve.append([str(len(key[1])), " + ".join(key[1]), str(len(g.rows)), _acc(*g.stat("test_acc")),
+                          _diff(iv.to_dict()), _ci(iv.to_dict())])  # fmt: skip
+        if curve:
+            b.append(
+                (
+                    "h3",
+                    "Accuracy against the number of teachers, along the search's path (confirmation seeds)",
+                )
+            )
+            b.append(
+                (
+                    "table",
+                    ["teachers", "set", "seeds", "test acc", "vs alone (points)", f"{100 * level:.4g}% CI"],
+                    curve,
+                )
+            )
+        loo = leave_one_out_rows(groups, record, how)
+        if loo:
+            b.append(
+                ("h3", "What each member of the chosen set contributes (leave one out, confirmation seeds)")
+            )
+            b.append(("table", ["member", "the set without it", "chosen - without (points)", f"{100 * level:.4g}% CI"],
+                      [[x["member"], x["without"], _diff(x["interval"]), _ci(x["interval"])] for x in loo]))  # fmt: skip
+    return b

@@ -21,7 +21,7 @@ from mtkd.study.plan import Job
 
 COLUMNS = [
     "kind", "student", "model", "method", "teachers", "n_teachers", "seed", "val_acc", "test_acc",
-    "test_acc_last", "best_epoch", "epochs", "params", "extra_train_params", "macs", "latency_ms", "seconds", "num_classes", "run",
+    "test_acc_last", "best_epoch", "epochs", "full_epochs", "stage", "val_count", "params", "extra_train_params", "macs", "latency_ms", "seconds", "num_classes", "run",
 ]  # fmt: skip
 
 
@@ -51,6 +51,8 @@ def collect(jobs: list[Job], study: Path) -> tuple[list[dict], dict[str, dict]]:
             "n_teachers": len(teachers), "seed": seed,
             "val_acc": s["val_acc"], "test_acc": s["test_acc"], "test_acc_last": s["test_acc_last"],
             "best_epoch": s["best_epoch"], "epochs": s["epochs"], "params": s["params"],
+            "full_epochs": info.get("full_epochs", s["epochs"]), "stage": info.get("stage", "confirm"),
+            "val_count": s.get("val_count"),
             "extra_train_params": s.get("extra_train_params", 0), "macs": s["macs"], "latency_ms": None,
             "seconds": s["seconds"], "num_classes": len(s.get("classes", [])) or None, "run": _relative(folder, study),
         })  # fmt: skip

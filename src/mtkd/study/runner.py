@@ -23,7 +23,7 @@ from mtkd.errors import Interrupted, MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
 from mtkd.study.answers import reading_of, unsettled_configs
 from mtkd.study.config import StudyConfig, settle_threads
-from mtkd.study.plan import Job, first_jobs, plan
+from mtkd.study.plan import Job, Planner, first_jobs, plan, search_strategy
 from mtkd.study.results import collect
 
 
@@ -103,7 +103,7 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
     `mtkd study CONFIG --report-only` collects the results into one report.
     """
     cfg = settle_threads(cfg)
-    jobs, _ = settle(cfg, plan(cfg), None)
+    jobs, _, records = stages(cfg, plan(cfg), None)
     todo = [j for j in jobs if job_status(j) != "done"]
     stage: dict[str, int] = {}
     for job in jobs:  # the plan lists every run after the runs it needs
@@ -118,7 +118,9 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
             launcher = "mtkd" if nproc == 1 else f"torchrun --nproc_per_node={nproc} -m mtkd"
             resume = " --resume" if job_status(job) == "partial" else ""
             lines.append(f"{launcher} {' '.join(_args(job, spec))}{resume}")
-    if cfg.sequential:
+    if records and not all(r.complete for r in records.values()):
+        lines.append("# search: when these are done, run this --plan again for the next stage's runs")
+    elif cfg.sequential:
         lines.append(
             "# sequential seeds: when these are done, run this --plan again for the next look's runs"
         )
@@ -338,6 +340,20 @@ def settle(
     return wanted, failures
 
 
+def stages(
+    cfg: StudyConfig, jobs: list[Job], run: Callable[[list[Job]], list[str]] | None
+) -> tuple[list[Job], list[str], dict]:
+    """The runs that answer the questions (the grid's looks, or a search's stages), run with `run`
+    (None: run nothing, replay what is done); (runs, failures, each student's search record)."""
+    planner = Planner(cfg)
+    if search_strategy(cfg, len(planner.candidates)) == "grid":
+        wanted, failures = settle(cfg, jobs, run)
+        return wanted, failures, {}
+    from mtkd.study.search import drive
+
+    return drive(planner, reading_of(cfg), run, lambda some: collect(some, Path(cfg.output))[0])
+
+
 def run_study(
     cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True, nproc: int = 1
 ) -> dict:
@@ -349,17 +365,19 @@ def run_study(
     folder = Path(cfg.output)
     cfg = settle_threads(cfg)
     jobs = plan(cfg)  # every run's config is validated here, before anything runs
+    if not run and not (folder / "study.yaml").is_file():
+        raise MtkdError(f"{folder}: no study has run there (no study.yaml): nothing to report")
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock", f"study {folder}", wait=False):
         atomic_write(folder / "study.yaml", to_yaml(cfg))
-        wanted, failures = settle(
+        wanted, failures, records = stages(
             cfg, jobs, (lambda some: run_jobs(cfg, some, workers, nproc)) if run else None
         )
         answers: dict = {}
         if report:
             from mtkd.study.report import write_report
 
-            answers = write_report(cfg, wanted, failures)
+            answers = write_report(cfg, wanted, failures, records)
     if failures:
         raise MtkdError(
             f"{len(failures)} run(s) failed, first {failures[0]} (state in {folder / 'state.json'})"

@@ -63,16 +63,17 @@ class Interval:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
-    def half_width(self, n: int | None = None) -> float:
-        """Half the interval's width, or what it would be with `n` seeds on the first side at the
-        observed spread (for 'how many seeds would settle it')."""
+    def half_width(self, n: int | None = None, n_other: int | None = None) -> float:
+        """Half the interval's width, or what it would be with `n` seeds on the first side (and
+        `n_other` on the other) at the observed spreads (for 'how many seeds would settle it')."""
         n = self.n if n is None else n
+        m = self.n_other if n_other is None else n_other
         if n < 2:
             return math.inf
         if self.n_other < 2:
             return t_quantile(self.level, n - 1) * self.sd / math.sqrt(n)
-        va, vb = self.sd**2 / n, self.sd_other**2 / self.n_other
-        df = _welch_df(va, vb, n, self.n_other)
+        va, vb = self.sd**2 / n, self.sd_other**2 / m
+        df = _welch_df(va, vb, n, m)
         return t_quantile(self.level, df) * math.sqrt(va + vb)
 
 
@@ -160,4 +161,18 @@ def seeds_to_settle(iv: Interval, margin: float, limit: int = 1000) -> int | Non
     while lo < hi:  # the half width shrinks as seeds are added: bisect
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if iv.half_width(mid) >= target else (lo, mid)
+    return lo
+
+
+def teacher_seeds_to_settle(iv: Interval, margin: float, n: int, limit: int = 100) -> int | None:
+    """Teacher seeds (the other side of a Welch interval) that, with `n` student seeds at the
+    observed spreads, would settle it; None past `limit` or for a one-sample interval."""
+    d = abs(iv.diff)
+    target = max(d, margin - d)
+    if iv.n_other < 2 or target <= 0 or iv.half_width(n, limit) >= target:
+        return None
+    lo, hi = max(iv.n_other, 2), limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if iv.half_width(n, mid) >= target else (lo, mid)
     return lo
