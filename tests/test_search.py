@@ -216,3 +216,38 @@ def test_a_pool_of_twenty_plans_and_validates_quickly():
     assert len(Planner(cfg).candidates) == 20
     assert sum(j.kind == "teacher" for j in jobs) == 20
     assert time.perf_counter() - t0 < 30
+
+
+def test_a_halving_search_runs_end_to_end_and_replays(tmp_path, monkeypatch):
+    """Real runs on digits: 4 candidates, halving at a budget; the report has the screening, the
+    search and the curve; a second invocation runs nothing and makes the same choice."""
+    import json
+
+    from mtkd.study.config import load_study_config
+    from mtkd.study.runner import run_study
+
+    monkeypatch.setenv("MTKD_HOME", str(tmp_path / "home"))
+    spec = tmp_path / "pool.yaml"
+    spec.write_text(
+        f"name: pool\noutput: {tmp_path / 'out'}\ndata: {{name: digits}}\nseeds: [0, 1]\nmax_teachers: 2\n"
+        "methods: [none, features]\nthreads: 1\n"
+        "teachers:\n  - {name: mobilenet_v2, input_size: [32, 40]}\n  - {name: tf_efficientnet_lite0, input_size: [32, 40]}\n"
+        "teacher_fit: {schedule: {epochs: 2}}\nstudent: {schedule: {epochs: 3}}\n"
+        "search: {strategy: halving, budget: 8, eta: 3, screen_epochs: 1}\n"
+    )
+    answers = run_study(load_study_config(spec))
+    out = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = out["search"]["cnn_small"]
+    assert record["complete"] and record["strategy"] == "halving"
+    assert 0 < record["spent"] <= 8
+    assert [s["epochs"] for s in record["steps"]] == [1, 3]
+    chosen = tuple(record["chosen"][1])
+    # Confirmation runs use seeds 0 and 1 only; search runs seed 1000 only.
+    runs = out["runs"]
+    assert {r["seed"] for r in runs if r["kind"] == "student" and r["stage"] == "confirm"} == {0, 1}
+    assert {r["seed"] for r in runs if r["kind"] == "student" and r["stage"] != "confirm"} == {1000}
+    assert answers["cnn_small"]["q1"]["best"].endswith(" + ".join(chosen))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Screening the pool" in report and "## The search (halving)" in report
+    again = run_study(load_study_config(spec))
+    assert again["cnn_small"]["q1"]["interval"] == answers["cnn_small"]["q1"]["interval"]
