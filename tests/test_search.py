@@ -251,3 +251,48 @@ def test_a_halving_search_runs_end_to_end_and_replays(tmp_path, monkeypatch):
     assert "## Screening the pool" in report and "## The search (halving)" in report
     again = run_study(load_study_config(spec))
     assert again["cnn_small"]["q1"]["interval"] == answers["cnn_small"]["q1"]["interval"]
+    assert "(chosen by the search)" in answers["cnn_small"]["q1"]["sentence"]
+
+
+def test_a_grid_with_screen_epochs_reports_how_well_the_screening_ranks(tmp_path, monkeypatch):
+    """Real runs on digits: a grid of 3 single teachers with screening runs; the screening table's
+    Spearman rho equals a hand ranking of the screening runs against the full-schedule runs."""
+    import json
+
+    from mtkd.study.config import load_study_config
+    from mtkd.study.runner import run_study
+
+    monkeypatch.setenv("MTKD_HOME", str(tmp_path / "home"))
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(
+        f"name: grid\noutput: {tmp_path / 'out'}\ndata: {{name: digits}}\nseeds: [0]\nmax_teachers: 1\n"
+        "methods: [none, kd]\nthreads: 1\n"
+        "teachers:\n  - {name: mobilenet_v2, input_size: [32, 40]}\n  - {name: tf_efficientnet_lite0, input_size: 32}\n"
+        "teacher_fit: {schedule: {epochs: 2}}\nstudent: {schedule: {epochs: 3}}\n"
+        "search: {strategy: grid, screen_epochs: 1}\n"
+    )
+    answers = run_study(load_study_config(spec))
+    out = json.loads((tmp_path / "out" / "results.json").read_text())
+    runs = [r for r in out["runs"] if r["kind"] == "student"]
+    screen = {r["teachers"]: float(r["val_acc"]) for r in runs if r["stage"] == "screen"}
+    full = {
+        r["teachers"]: float(r["test_acc"]) for r in runs if r["stage"] == "confirm" and r["n_teachers"] == 1
+    }
+    assert len(screen) == 3 and set(screen) == set(full)
+    assert {int(r["epochs"]) for r in runs if r["stage"] == "screen"} == {1}
+    assert out["search"]["cnn_small"]["screen"]["kd"] == screen
+
+    def ranks(values: dict) -> dict:  # average ranks, ties shared
+        order = sorted(values.values())
+        return {k: sum(i for i, v in enumerate(order) if v == x) / order.count(x) for k, x in values.items()}
+
+    rs, rf = ranks(screen), ranks(full)
+    names = sorted(screen)
+    mean = (len(names) - 1) / 2
+    cov = sum((rs[k] - mean) * (rf[k] - mean) for k in names)
+    var = (sum((rs[k] - mean) ** 2 for k in names) * sum((rf[k] - mean) ** 2 for k in names)) ** 0.5
+    report = (tmp_path / "out" / "report.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("| screening run's validation accuracy"))
+    assert f"{cov / var:+.2f}" in line if var else "n/a" in line
+    assert "## The search" not in report and "## Screening the pool" in report
+    assert "(best transfer on validation)" in answers["cnn_small"]["q1"]["sentence"]

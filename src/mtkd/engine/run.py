@@ -108,8 +108,12 @@ def _finish(
         # The test confusion matrix of the best-on-validation weights (rows: true class, columns: predicted).
         write_json(
             folder / "summary.json",
-            {**report, "val_count": int(val.labels.numel()), "classes": dataset.classes,
-             "test_confusion": confusion.tolist()},
+            {
+                **report,
+                "val_count": int(val.labels.numel()),
+                "classes": dataset.classes,
+                "test_confusion": confusion.tolist(),
+            },
         )
     trainer.place.barrier()
     say(

@@ -258,15 +258,17 @@ def compared(groups: list[Group]) -> dict[str, list[Group]]:
 
 
 def questions(student: str, groups: list[Group], teachers: dict[str, list[dict]], how: Reading,
-              limit: int | None = None, pick: dict[str, list[Group]] | None = None) -> dict:  # fmt: skip
-    """Q1-Q3 for one student's configurations (`pick`: their `compared`, if known): each a
-    verdict, its interval and its sentence."""
+              limit: int | None = None, pick: dict[str, list[Group]] | None = None,
+              chosen: str = "best transfer on validation") -> dict:  # fmt: skip
+    """Q1-Q3 for one student's configurations (`pick`: their `compared`, if known; `chosen`: how
+    Q1's configuration was chosen, said in its sentence): each a verdict, its interval and its
+    sentence."""
     alone = next((g for g in groups if g.method == "none"), None)
     pick = compared(groups) if pick is None else pick
     out: dict = {"q1": None, "q2": None, "q3": None}
     if pick["q1"]:
         best, _ = pick["q1"]
-        a = q1(f"{best.short} (best transfer on validation)", paired(best, alone, how), how, limit)
+        a = q1(f"{best.short} ({chosen})", paired(best, alone, how), how, limit)
         out["q1"] = {"best": best.short, **a}
     if pick["q2"] and teachers:
         (top,) = pick["q2"]
@@ -351,7 +353,9 @@ def answer(rows: list[dict], how: Reading, limit: int | None = None,
                     iv = paired(g, alone, how, key)
                     entry[name] = {**iv.to_dict(), "reading": reading(iv, how.equivalence)}
             result["configs"].append(entry)
-        result.update(questions(student, groups, teachers, how, limit, pick=pick))
+        chosen = "chosen by the search" if fixed else "best transfer on validation"
+        result["chosen"] = "chosen by the search" if fixed else "best on validation"
+        result.update(questions(student, groups, teachers, how, limit, pick=pick, chosen=chosen))
         by_size = []
         for k in sorted({len(g.teachers) for g in groups}):
             size_groups = [g for g in groups if len(g.teachers) == k]

@@ -132,7 +132,8 @@ def _blocks(
         prefix = f"plots/{student}-"
         if a.get("q2"):
             b.append(("h3", "Q2. The student against each teacher"))
-            b.append(("p", f"Student configuration: {a['q2']['student']} (best on validation)."))
+            chosen = a.get("chosen", "best on validation")
+            b.append(("p", f"Student configuration: {a['q2']['student']} ({chosen})."))
             top = next(g for g in groups if g.short == a["q2"]["student"])
             srow = next(iter(top.rows.values()))
             q2 = []
@@ -343,7 +344,7 @@ def search_blocks(
                            "test accuracy a student reaches from that candidate alone at the full schedule, over the "
                            "candidates the study ran both for (1: the same order; 0: no relation)."))  # fmt: skip
             b.append(("table", ["proxy", "method", "candidates", "Spearman rho"], proxies))
-        if record is None:
+        if record is None or record.strategy == "grid":
             continue
         b.append(("h2", f"The search ({record.strategy}){f', {student}' if len(answers) > 1 else ''}"))
         budget = (

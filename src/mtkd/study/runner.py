@@ -345,13 +345,28 @@ def stages(
 ) -> tuple[list[Job], list[str], dict]:
     """The runs that answer the questions (the grid's looks, or a search's stages), run with `run`
     (None: run nothing, replay what is done); (runs, failures, each student's search record)."""
+
+    def rows(some: list[Job]) -> list[dict]:
+        return collect(some, Path(cfg.output))[0]
+
+    from mtkd.study.search import drive, screen_pool
+
     planner = Planner(cfg)
     if search_strategy(cfg, len(planner.candidates)) == "grid":
+        screened: list[Job] = []
+        failed: list[str] = []
+        records: dict = {}
+        if cfg.search.screen_epochs:
+            screened, failed, records = screen_pool(planner, reading_of(cfg), run, rows)
         wanted, failures = settle(cfg, jobs, run)
-        return wanted, failures, {}
-    from mtkd.study.search import drive
+        have = {j.id for j in wanted}
+        return (
+            wanted + [j for j in screened if j.id not in have],
+            sorted(set(failed) | set(failures)),
+            records,
+        )
 
-    return drive(planner, reading_of(cfg), run, lambda some: collect(some, Path(cfg.output))[0])
+    return drive(planner, reading_of(cfg), run, rows)
 
 
 def run_study(

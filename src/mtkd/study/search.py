@@ -415,6 +415,25 @@ def drive(planner: Planner, how: Reading, run: Callable[[list[Job]], list[str]] 
     return driver.wanted, driver.failures, records
 
 
+def screen_pool(planner: Planner, how: Reading, run: Callable[[list[Job]], list[str]] | None,
+                rows_of: Callable[[list[Job]], list[dict]]) -> tuple[list[Job], list[str], dict[str, Record]]:  # fmt: skip
+    """The screening runs alone, for a grid with `search.screen_epochs`: the report then shows how
+    well each proxy ranks the candidates against the grid's full-schedule runs."""
+    wanted: list[Job] = []
+    driver = Driver(planner, how, run, rows_of, wanted)
+    records: dict[str, Record] = {}
+    try:
+        driver.teachers_stage()
+        for student in planner.students:
+            record = Record("grid", planner.cfg.search.budget)
+            records[student] = record
+            driver.screen(student, "grid", record)
+            record.complete = True
+    except Incomplete:
+        pass
+    return driver.wanted, driver.failures, records
+
+
 def picks_of(records: dict[str, Record]) -> dict[str, dict[str, list[Key]]]:
     """student -> question -> the configuration keys it compares, as fixed by the search."""
     return {student: r.picks for student, r in records.items() if r.picks}
