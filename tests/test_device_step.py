@@ -173,10 +173,15 @@ def test_auto_precision_is_settled_at_the_start_and_kept_on_resume(tmp_path, mon
     )
     assert code == 2 and "it was trained with train.precision=bf16" in err.strip().splitlines()[-1]
 
-    (tmp_path / "fp16").mkdir()
-    (tmp_path / "fp16" / "last.json").write_text(
-        '{"kind": "student", "files": [], "config": {"train": {"precision": "fp16"}}}'
-    )
+    import json
+
+    from mtkd.engine.checkpoint import content_hash
+
+    (tmp_path / "fp16").mkdir()  # the checkpoint of a run trained in fp16 (on a GPU)
+    meta = json.loads((whole / "last.json").read_text())
+    meta["config"]["train"]["precision"] = "fp16"
+    meta["content_sha256"] = content_hash(meta)
+    (tmp_path / "fp16" / "last.json").write_text(json.dumps(meta))
     cfg = build_config(TrainConfig, overrides={"output.dir": str(tmp_path / "fp16")})
     with pytest.raises(MtkdError, match="trained in fp16 on a GPU; resume it on one"):
         run_module.settle_precision(cfg, True, CPU)

@@ -156,9 +156,13 @@ def test_damaged_or_foreign_checkpoints(grey_teacher, tmp_path, capsys):
     assert "teacher checkpoint not found" in _one_line_error(code, err)
     # Another architecture named in the metadata: the weights do not fit it.
     meta = json.loads((run / "best.json").read_text())
-    (run / "best.json").write_text(
-        json.dumps({**meta, "model": {**meta["model"], "name": "tf_efficientnet_lite0"}})
-    )
+    edited = {**meta, "model": {**meta["model"], "name": "tf_efficientnet_lite0"}}
+    (run / "best.json").write_text(json.dumps(edited))
+    code, _, err = run_cli(["evaluate", run / "best.json", "--split", "val"], capsys)
+    assert "was altered after it was saved" in _one_line_error(code, err)
+    from mtkd.engine.checkpoint import content_hash
+
+    (run / "best.json").write_text(json.dumps({**edited, "content_sha256": content_hash(edited)}))
     code, _, err = run_cli(["evaluate", run / "best.json", "--split", "val"], capsys)
     assert "does not fit tf_efficientnet_lite0" in _one_line_error(code, err)
     (run / "best.json").write_text(json.dumps(meta))

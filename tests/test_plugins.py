@@ -149,3 +149,62 @@ def test_a_study_plans_with_plugin_components(plugin, tmp_path):
     assert len(commands) == 1 + 2 * 2 * 2  # the teacher fit, then 2 students x 2 methods x 2 seeds
     spec = yaml.safe_load(next((tmp_path / "study").rglob("tiny_seq*/**/job.yaml")).read_text())
     assert spec["model"]["name"] == "tiny_seq" and spec["data"]["name"] == "digits_float"
+
+
+SHADOW = '''
+"""A plugin that registers names mtkd already has: a student `cnn_small` and a dataset `digits`."""
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def cnn_small(num_classes, in_chans):
+    """the plugin's cnn_small: one Linear on the pixels"""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * 64, num_classes))
+
+
+def digits():
+    """the plugin's digits: 0 against 1 only"""
+    d = load_digits()
+    keep = d.target < 2
+    x = torch.tensor(d.images[keep] / 16.0, dtype=torch.float32)[:, None]
+    y = torch.tensor(d.target[keep])
+    return TensorDataset(x[:300], y[:300]), TensorDataset(x[300:], y[300:])
+'''
+
+
+def test_a_plugin_that_shadows_a_builtin_wins_everywhere_with_one_warning(tmp_path):
+    """Installed (a dist-info with entry points on the path), a plugin's `cnn_small` and `digits`
+    replace mtkd's in `mtkd models`, `mtkd datasets`, `mtkd train` and the API alike, each said
+    once."""
+    site = tmp_path / "site"
+    info = site / "shadow_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "shadow_plugin.py").write_text(SHADOW)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[mtkd.students]\ncnn_small = shadow_plugin:cnn_small\n\n[mtkd.datasets]\ndigits = shadow_plugin:digits\n"
+    )
+    env = {**os.environ, "MTKD_HOME": str(tmp_path / "home"), "PYTHONPATH": str(site)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    models = run("-m", "mtkd", "models")
+    assert models.returncode == 0, models.stderr
+    assert "the plugin's cnn_small" in models.stdout
+    assert models.stderr.count("student 'cnn_small' is registered twice") == 1
+    datasets = run("-m", "mtkd", "datasets")
+    assert "the plugin's digits" in datasets.stdout or "shadow_plugin" in datasets.stdout, datasets.stdout
+    cli = run("-m", "mtkd", "train", "--model", "cnn_small", "--dataset", "digits", "--epochs", "1",
+              "--out", "cli", "--set", "output.progress=false")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert cli.stderr.count("is registered twice") == 2  # the student and the dataset, once each
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["params"] == 64 * 2 + 2 and summary["classes"] == ["0", "1"]
+    api = run("-c", "import mtkd, json; r = mtkd.train('cnn_small', data='digits', epochs=1, out='api', "
+                    "progress=False); print(json.dumps([r.summary['params'], r.summary['classes']]))")  # fmt: skip
+    assert api.returncode == 0, api.stderr[-2000:]
+    assert json.loads(api.stdout.strip().splitlines()[-1]) == [130, ["0", "1"]]

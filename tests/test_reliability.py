@@ -99,6 +99,9 @@ def test_a_malicious_training_state_is_refused_without_running_it(reference, tmp
         "sha256": sha256_file(state),
         "bytes": state.stat().st_size,
     }
+    from mtkd.engine.checkpoint import content_hash
+
+    meta["content_sha256"] = content_hash(meta)  # and the record's own hash
     (run / "last.json").write_text(json.dumps(meta))
     code, _, err = run_cli([*RUN, "--out", run, "--resume"], capsys)
     assert code == 2 and not marker.exists()
@@ -215,7 +218,9 @@ def test_a_checkpoint_cut_off_while_renaming_its_files_is_whole(renamed, tmp_pat
     from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
 
     net, folder = nn.Linear(3, 2), tmp_path / "run"
-    save_checkpoint(folder, "last", net, {"kind": "student", "epoch": 1}, {"epoch": 1})
+    what = {"kind": "student", "model": {"name": "linear"}, "config": {}, "data": {
+        "name": "digits", "classes": ["a", "b"], "channels": 1, "image_size": [1, 3], "mean": [0.5], "std": [0.2]}}  # fmt: skip
+    save_checkpoint(folder, "last", net, {**what, "epoch": 1}, {"epoch": 1})
     with torch.no_grad():
         net.weight.add_(1.0)
     real, calls = os.replace, []
@@ -229,7 +234,7 @@ def test_a_checkpoint_cut_off_while_renaming_its_files_is_whole(renamed, tmp_pat
 
     monkeypatch.setattr(checkpoint.os, "replace", dying)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(folder, "last", net, {"kind": "student", "epoch": 2}, {"epoch": 2})
+        save_checkpoint(folder, "last", net, {**what, "epoch": 2}, {"epoch": 2})
     monkeypatch.setattr(checkpoint.os, "replace", real)
     meta = read_meta(folder)
     assert meta["epoch"] == 2 and load_train_state(meta)["epoch"] == 2

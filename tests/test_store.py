@@ -259,3 +259,51 @@ def test_blocks_written_direct_or_through_the_page_cache_are_the_same_store(tmp_
     assert len(second) == 2
     for path in second:  # the same file, byte for byte (its data from byte 4096 on)
         assert path.read_bytes() == (home1 / "stores" / path.parent.name / "images.npy").read_bytes()
+
+
+def test_a_build_whose_blocks_were_lost_after_their_record_is_decoded_again_not_trusted(tmp_path, caplog):
+    """A lost page cache: progress.json survived, the blocks it records did not reach the disk
+    (zeros). The resume reads each recorded block back, keeps the ones that match and decodes
+    the rest; the run's weights equal those of a run on the undamaged store."""
+    import json
+
+    import mtkd
+
+    root = _folder(tmp_path / "data", per_class=600, size=12)
+    options = dict(data=f"folder:{root}", image_size=11, epochs=1, batch_size=64, progress=False,
+                   in_memory=False, methods=["none"])  # fmt: skip
+    before = set(_stores()) if (cache_dir() / "stores").is_dir() else set()
+    clean = mtkd.train("cnn_small", out=tmp_path / "clean", **options)
+    store = max(set(_stores()) - before, key=lambda p: (p / "images.npy").stat().st_size)
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["shape"][0] == 1200 and len(meta["blocks"]) == 3
+    # Back to the state of a build interrupted after its last block was recorded, blocks 2 and 3 zeroed.
+    (store / "images.npy").replace(store / "images.partial.npy")
+    for name in ("meta.json", "checked.json", "labels.npy"):
+        (store / name).unlink()
+    (store / "progress.json").write_text(json.dumps({"blocks": meta["blocks"]}))
+    row = 3 * 11 * 11
+    with open(store / "images.partial.npy", "r+b") as fh:
+        fh.seek(-(1200 - 512) * row, os.SEEK_END)
+        fh.write(bytes((1200 - 512) * row))
+    caplog.clear()
+    again = mtkd.train("cnn_small", out=tmp_path / "again", **options)
+    assert "2 of the 3 blocks an interrupted build recorded are not on disk" in caplog.text
+    assert "decoding 688 of 1200 images" in caplog.text
+    assert json.loads((store / "meta.json").read_text())["blocks"] == meta["blocks"]
+    a, b = mtkd.load_student(clean), mtkd.load_student(again)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    # A record that is not a list of hashes, or more blocks than the file holds, starts afresh.
+    (store / "images.npy").replace(store / "images.partial.npy")
+    (store / "meta.json").unlink()
+    (store / "progress.json").write_text(json.dumps({"blocks": meta["blocks"] * 5}))
+    caplog.clear()
+    mtkd.train("cnn_small", out=tmp_path / "third", **options)
+    assert "cannot be read back; starting it again" in caplog.text and "decoding 1200 of 1200" in caplog.text
+    (store / "images.npy").replace(store / "images.partial.npy")
+    (store / "meta.json").unlink()
+    (store / "progress.json").write_text('{"blocks": 3}')
+    caplog.clear()
+    mtkd.train("cnn_small", out=tmp_path / "fourth", **options)
+    assert "cannot be read back; starting it again" in caplog.text and "decoding 1200 of 1200" in caplog.text

@@ -148,6 +148,51 @@ def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, mo
     assert np.array_equal(np.array(resumed.logits), np.array(fresh.logits))
 
 
+def test_a_cache_build_whose_rows_were_lost_after_their_record_computes_them_again(
+    digits_teacher, monkeypatch, caplog
+):
+    """A lost page cache: progress.json records 3 chunks, the second and third are zeros in the
+    files. The resume checks each recorded chunk, keeps the first and computes the rest: the cache
+    equals a fresh build's, bit for bit."""
+    from mtkd.cache import teacher_cache
+
+    ds = load_dataset("digits")
+    t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
+    spec = CacheSpec(views=2, padding=2, hflip=True, seed=4, dtype="float32", with_logits=True)
+    args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
+    monkeypatch.setattr(teacher_cache, "CHUNK", 200)
+    calls = {"n": 0}
+    original = teacher_cache.write_json
+
+    def crash_after_three_chunks(path, obj):
+        original(path, obj)
+        if path.name == "progress.json":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(teacher_cache, "write_json", crash_after_three_chunks)
+    before = set(cache_dir().glob("teachers/*/progress.json"))
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(*args)
+    monkeypatch.setattr(teacher_cache, "write_json", original)
+    (folder,) = [p.parent for p in set(cache_dir().glob("teachers/*/progress.json")) - before]
+    assert len(json.loads((folder / "progress.json").read_text())["chunks"]) == 3
+    for path in folder.glob("*.partial.npy"):
+        arr = np.lib.format.open_memmap(path, mode="r+")
+        arr[0, 200:600] = 0  # chunks 2 and 3 of view 0 never reached the disk
+        arr.flush()
+        del arr
+    caplog.clear()
+    resumed = build_cache(*args)
+    assert "2 of the 3 chunks an interrupted build recorded are not in its files" in caplog.text
+    assert f"({2 * len(ds.train) - 200} forward passes left" in caplog.text
+    got = np.array(resumed.features), np.array(resumed.logits)
+    shutil.rmtree(resumed.folder)
+    fresh = build_cache(*args)
+    assert np.array_equal(got[0], np.array(fresh.features)) and np.array_equal(got[1], np.array(fresh.logits))
+
+
 def test_a_teacher_is_cached_under_its_content_never_its_name(digits_teacher, tmp_path):
     """Same architecture and weights: one key, however loaded; one changed weight, another input
     size or another thread count: another cache."""

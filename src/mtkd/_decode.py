@@ -5,10 +5,21 @@ Kept apart from `mtkd.data` so a spawned worker imports only PIL and numpy, not 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def open_quietly(path: str) -> Image.Image:
+    """Image.open without PIL's DecompressionBombWarning (over 89M pixels), which would reach the
+    terminal raw: mtkd says it once, in one line (store.read_headers, images.open_image). PIL's
+    error, at twice that, still refuses the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def header(path: str) -> tuple[int, int, bool] | str:
@@ -18,7 +29,7 @@ def header(path: str) -> tuple[int, int, bool] | str:
     if os.path.getsize(path) == 0:
         return f"image file is empty (0 bytes): {path}"
     try:
-        with Image.open(path) as img:
+        with open_quietly(path) as img:
             return img.width, img.height, img.mode in GREY_MODES
     except Exception as exc:  # noqa: BLE001 - reported by the parent as one line naming the file
         return f"cannot read image {path}: {exc}"
@@ -33,7 +44,7 @@ def decode(
         out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
+            with open_quietly(path) as img:
                 mode = "L" if channels == 1 else "RGB"
                 # A JPEG much larger than the store is decoded at 1/2, 1/4 or 1/8 scale (never below
                 # the store's size): several times faster on photos, then resized as any image; a

@@ -23,6 +23,7 @@ from torch import nn
 from mtkd.data import Dataset
 from mtkd.data.convert import PYTHON_DATA
 from mtkd.engine.builders import Normalised, load_deployable
+from mtkd.engine.checkpoint import read_summary
 from mtkd.engine.config import (
     SHORT_KEYS,
     Section,
@@ -35,7 +36,6 @@ from mtkd.engine.config import (
 from mtkd.engine.evaluate import evaluate_checkpoint
 from mtkd.engine.run import Given, run_teacher_fit, run_train
 from mtkd.errors import MtkdError
-from mtkd.io import read_json
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,26 @@ def _data(data: Any, options: dict) -> Any:
     return data
 
 
+def _check(value: Any, kinds: tuple, what: str, expected: str) -> None:
+    """A wrong type in one line (a bool is not a number here)."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise MtkdError(f"{what} must be {expected}, got {type(value).__name__} ({value!r:.60})")
+
+
+_CONFIG = (str, os.PathLike, Mapping, type(None))
+_CONFIG_TEXT = "a YAML path or a mapping"
+
+
+def _device(device: Any) -> torch.device:
+    """A device name ('auto', 'cpu', 'cuda', 'cuda:1', 'mps') or torch.device, checked in one line."""
+    from mtkd.engine.device import pick_device
+
+    _check(device, (str, torch.device), "device", "a device name such as 'cpu' or 'cuda' (or a torch.device)")
+    return pick_device(device)
+
+
 def _run(folder: Path) -> Run:
-    return Run(folder, read_json(folder / "summary.json"))
+    return Run(folder, read_summary(folder / "summary.json"))
 
 
 def fit_teacher(
@@ -129,6 +147,11 @@ def fit_teacher(
     """Adapt an ImageNet teacher to a dataset (`mtkd teacher fit`): a new head on the frozen
     backbone (`mode="probe"`, default) or fine-tuning. `teacher`: a model name or a teacher section
     (`{"name": ..., "input_size": 96}`); options as the config (`input_size=96`, `epochs=30`, `out=`)."""
+    _check(teacher, (str, Mapping, type(None)), "fit_teacher's teacher",
+           "a model name or a teacher mapping ({name:, input_size:}); a module teacher is given to "
+           "train(teachers=[module]) as it is")  # fmt: skip
+    _check(config, _CONFIG, "config", _CONFIG_TEXT)
+    _check(resume, (bool,), "resume", "True or False")
     options = dict(options)
     if isinstance(teacher, str):
         options["teacher"] = teacher
@@ -170,6 +193,15 @@ def train(
     Runs of fit_teacher, ImageNet model or plugin teacher names, `{name:, input_size:}` mappings,
     or nn.Modules (see mtkd.models.adapters.ModuleTeacher); methods: names or `{name:, option: ...}`.
     """
+    _check(student, (str, nn.Module, type(None)), "the student", "a model name or an nn.Module")
+    _check(config, _CONFIG, "config", _CONFIG_TEXT)
+    _check(resume, (bool,), "resume", "True or False")
+    if teachers is not None and (isinstance(teachers, (str, os.PathLike, Mapping, nn.Module))):
+        teachers = [teachers]  # one teacher given alone
+    _check(teachers, (list, tuple, type(None)), "teachers", "a list of teachers")
+    if isinstance(methods, (str, Mapping)):
+        methods = [methods]
+    _check(methods, (list, tuple, type(None)), "methods", "a list of method names or mappings")
     options = dict(options)
     module = None
     if isinstance(student, nn.Module):
@@ -204,6 +236,9 @@ def study(
     from mtkd.study.config import StudyConfig, load_study_config
     from mtkd.study.runner import run_study
 
+    _check(config, _CONFIG[:-1], "the study's config", _CONFIG_TEXT)
+    _check(jobs, (int,), "jobs", "a whole number >= 1")
+    _check(report_only, (bool,), "report_only", "True or False")
     if isinstance(config, (str, os.PathLike)):
         cfg = load_study_config(config, overrides=options)
     else:
@@ -218,8 +253,15 @@ def evaluate(
     """Top-1, top-5, per-class accuracy and confusion matrix of a run (`mtkd evaluate`) on a split
     of its dataset, or of `data` (a name, or data from Python). `model`: the architecture of a
     student that was given from Python as a module."""
+    _check(run, (str, os.PathLike), "the run to evaluate", "a run folder or checkpoint path (or a Run)")
+    _check(split, (str,), "split", "'train', 'val' or 'test'")
+    _check(model, (nn.Module, type(None)), "model", "an nn.Module of the student's architecture")
+    if split not in ("train", "val", "test"):
+        raise MtkdError(f"split must be 'train', 'val' or 'test', got '{split}'")
     if isinstance(data, os.PathLike):
         data = os.fspath(data)
+    if device != "auto":
+        device = str(_device(device))
     return evaluate_checkpoint(os.fspath(run), split, device, data=data, model=model)
 
 
@@ -230,7 +272,9 @@ def load_student(
     in [0, 1], [N, C, H, W], normalises them itself and returns logits; in eval mode. `classes`
     and `image_size` say what it was trained on. `model`: the architecture of a student that was
     given from Python as a module (its weights are loaded into it)."""
-    net, meta = load_deployable(os.fspath(run), torch.device(device), model)
+    _check(run, (str, os.PathLike), "the run to load", "a run folder or checkpoint path (or a Run)")
+    _check(model, (nn.Module, type(None)), "model", "an nn.Module of the student's architecture (not a name)")
+    net, meta = load_deployable(os.fspath(run), _device(device), model)
     net.classes = list(meta["data"]["classes"])
     net.image_size = tuple(meta["data"]["image_size"])
     return net

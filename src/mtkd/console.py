@@ -36,7 +36,8 @@ class _ConsoleHandler(logging.Handler):
 
 logger.addFilter(_RankZero())
 logger.addHandler(_ConsoleHandler())
-logger.setLevel(logging.INFO)
+if logger.level == logging.NOTSET:  # a level the program set before this first import stays
+    logger.setLevel(logging.INFO)
 logger.propagate = False  # printed once, by the handler above; add handlers to "mtkd" to get them too
 
 

@@ -6,9 +6,22 @@ is a bug and keeps its traceback (shown with --debug).
 
 
 class MtkdError(Exception):
-    """A problem with the user's input (config, data, model name, file) worth one clear line."""
+    """A problem with the user's input (config, data, model name, file) worth one clear line:
+    line breaks and other control characters in it (a key or a name given by the user) are
+    shown escaped, so the message stays one line whatever it quotes."""
 
     exit_code = 2
+
+    def __init__(self, *args: object):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_one_line(args[0]),)
+        super().__init__(*args)
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Interrupted(MtkdError):

@@ -2,10 +2,11 @@
 
 mtkd's own components register when their module is imported; a pip-installed package adds
 its own through Python entry points in the groups `mtkd.students`, `mtkd.teachers`,
-`mtkd.methods` and `mtkd.datasets`, read the first time a registry is asked for a name it
-does not hold (or for all its names), so a fresh process (the CLI, a study's worker, a
-checkpoint being loaded) finds them without the package being imported by hand. As timm's
-`register_model` does, a name registered twice is a warning, and the later entry wins.
+`mtkd.methods` and `mtkd.datasets`, read the first time a registry is asked for anything, so
+a fresh process (the CLI, a study's worker, a checkpoint being loaded) finds them without the
+package being imported by hand, and every command sees the same entry for a name. As timm's
+`register_model` does, a name registered twice is a warning (once), and the later entry wins:
+a plugin that registers a name mtkd has replaces mtkd's, in `mtkd models` and `mtkd train` alike.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ class Registry(Generic[T]):
             self.register(ep.name, item, f"plugin {ep.value}")
 
     def get(self, name: str) -> T:
-        if name not in self._items:
-            self._read_plugins()
+        self._read_plugins()
         if name not in self._items:
             raise MtkdError(f"unknown {self.kind} '{name}' (known: {', '.join(self.names())})")
         return self._items[name]
@@ -73,8 +73,7 @@ class Registry(Generic[T]):
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
-        if name not in self._items:
-            self._read_plugins()
+        self._read_plugins()
         return name in self._items
 
     def __getitem__(self, name: str) -> T:

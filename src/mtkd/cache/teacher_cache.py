@@ -380,6 +380,66 @@ class _Builder:
         return out
 
 
+def _chunk_hash(partial: dict[str, np.ndarray], v: int, index: torch.Tensor) -> str:
+    """SHA-256 of one chunk's rows in every array, as they are in the files."""
+    digest = hashlib.sha256()
+    rows = slice(int(index[0]), int(index[-1]) + 1)
+    for name in sorted(partial):
+        digest.update(np.ascontiguousarray(partial[name][v, rows]).tobytes())
+    return digest.hexdigest()
+
+
+def _rows_done(chunks: list[tuple[int, torch.Tensor]], n: int) -> int:
+    """Rows of the [V*N] table that the chunks cover, when they are the first ones in order."""
+    if not chunks:
+        return 0
+    v, index = chunks[-1]
+    return v * n + int(index[-1]) + 1
+
+
+def _reopened(folder: Path, shapes: dict[str, tuple[int, ...]], dtype: type) -> dict[str, np.ndarray]:
+    """The partial arrays of an interrupted build, when every one is there with the right shape and
+    dtype; {} otherwise (the build starts again)."""
+    out = {}
+    for name, shape in shapes.items():
+        path = folder / f"{name}.partial.npy"
+        try:
+            arr = np.lib.format.open_memmap(path, mode="r+")
+        except (OSError, ValueError):
+            return {}
+        if arr.shape != shape or arr.dtype != dtype:
+            return {}
+        out[name] = arr
+    return out
+
+
+def _verified(partial: dict[str, np.ndarray], progress: Path, chunks: list, label: str) -> list[str]:
+    """The hashes of the chunks an interrupted build recorded that are in the files as recorded,
+    in order: a record can outlive the rows it describes (a lost page cache), so each is read back."""
+    try:
+        record = read_json(progress, default={})
+    except (OSError, ValueError, MtkdError):
+        record = {}
+    recorded = record.get("chunks") if isinstance(record, dict) else None
+    if (
+        not isinstance(recorded, list)
+        or not all(isinstance(h, str) for h in recorded)
+        or len(recorded) > len(chunks)
+    ):
+        if recorded is not None or (isinstance(record, dict) and record.get("done")):
+            say(f"{label}: the interrupted cache build's record cannot be checked; starting it again")
+        return []
+    good = 0
+    for (v, index), h in zip(chunks, recorded, strict=False):
+        if _chunk_hash(partial, v, index) != h:
+            break
+        good += 1
+    if good < len(recorded):
+        say(f"{label}: {len(recorded) - good} of the {len(recorded)} chunks an interrupted build recorded are not "
+            "in its files as recorded; computing them again")  # fmt: skip
+    return recorded[:good]
+
+
 def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherImages, place: Dist) -> None:
     """Compute the cache in chunks of CHUNK rows; rounds of one chunk per process, written by rank 0."""
     spec, teacher = builder.spec, builder.teacher
@@ -388,18 +448,21 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherIma
     shapes = builder.shapes(source[0:1])
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     partial, progress_path, done = {}, folder / "progress.json", 0
+    hashes: list[str] = []
+    chunks = [(v, index) for v in range(views) for index in batch_indices(n, CHUNK, False)]
     if place.main:
         if (folder / "meta.json").exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np_dtype = np.float16 if spec.dtype == "float16" else np.float32
+        partial = _reopened(folder, {k: (views, n, *v) for k, v in shapes.items()}, np_dtype)
+        hashes = _verified(partial, progress_path, chunks, builder.label) if partial else []
         for name, shape in shapes.items():
-            path = folder / f"{name}.partial.npy"
-            mode = "r+" if path.is_file() else "w+"
-            partial[name] = np.lib.format.open_memmap(
-                path, mode=mode, dtype=np_dtype, shape=(views, n, *shape)
-            )
-        done = int(read_json(progress_path, default={}).get("done", 0))
+            if name not in partial:
+                partial[name] = np.lib.format.open_memmap(
+                    folder / f"{name}.partial.npy", mode="w+", dtype=np_dtype, shape=(views, n, *shape)
+                )
+        done = _rows_done(chunks[: len(hashes)], n)
     done = int(place.broadcast(done))
     params = view_params(n, views, spec.pipeline, spec.seed, source.drawn_size())
     # Chunk (v, rows) covers rows v*n + rows of the [V*N] table; `done` counts finished rows of it.
@@ -446,9 +509,10 @@ def _build(folder: Path, builder: _Builder, teacher_sha: str, source: TeacherIma
                         at += size
                 for arr in partial.values():
                     arr.flush()
+                hashes += [_chunk_hash(partial, v, index) for v, index in group]
                 v, index = group[-1]
                 done = v * n + int(index[-1]) + 1
-                write_json(progress_path, {"done": done})
+                write_json(progress_path, {"done": done, "chunks": hashes})
             ips = computed / (time.perf_counter() - start)
             bar.update(task, advance=rows, ips=ips)
             lines.update(done if place.main else computed, ips)

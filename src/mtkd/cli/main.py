@@ -196,7 +196,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from mtkd.io import read_json
+    from mtkd.engine.checkpoint import read_summary
 
     table = Table(title=f"runs under {args.folder}")
     for col in (
@@ -216,7 +216,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if not found:
         raise MtkdError(f"no finished runs (summary.json) under {args.folder}")
     for path in found:
-        s = read_json(path)
+        s = read_summary(path)
         table.add_row(
             str(path.parent.relative_to(args.folder)), s["kind"], s["name"], s["dataset"], f"{s['params']:,}", f"{s['macs']:,}",
             str(s["best_epoch"]), f"{s['val_acc']:.4f}", f"{s['test_acc']:.4f}", f"{s['test_acc_last']:.4f}",

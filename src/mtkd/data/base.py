@@ -69,8 +69,18 @@ class Dataset:
     std: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if len(self.classes) < 2:
+            raise MtkdError(
+                f"dataset '{self.name}' has {len(self.classes)} class(es) ({', '.join(self.classes) or 'none'}): "
+                "a classifier needs at least 2"
+            )
         if not self.mean:
             self.mean, self.std = channel_stats(self.train.images)
+        if any(not s > 1e-3 for s in self.std):  # channel_stats' floor: no pixel differs, or nearly none
+            raise MtkdError(
+                f"dataset '{self.name}': the training images are constant (pixel std {max(self.std):.3g} at most, "
+                "in [0, 1]): nothing to learn"
+            )
 
     @property
     def channels(self) -> int:

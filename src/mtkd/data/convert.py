@@ -23,9 +23,24 @@ from mtkd.errors import MtkdError
 PYTHON_DATA = "tensors"  # the name a run records for data given from Python without a name
 
 
+def _as_tensor(x: Any, what: str) -> torch.Tensor:
+    """A tensor or array-like as a CPU tensor; anything else (strings, None, ragged lists) in one line."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if x is None or isinstance(x, (str, bytes, dict)):
+        raise MtkdError(f"{what} must be a tensor or an array, got {type(x).__name__}")
+    try:
+        a = np.asarray(x)
+        if a.dtype == object or a.dtype.kind in "USV":
+            raise TypeError(a.dtype)
+        return torch.as_tensor(a)
+    except (TypeError, ValueError, RuntimeError):
+        raise MtkdError(f"{what} must be numbers (a tensor or an array), got {type(x).__name__}") from None
+
+
 def to_uint8_images(x: Any, what: str = "images") -> torch.Tensor:
     """A batch of images (tensor or array; uint8, or float in [0, 1] or [0, 255]) as uint8 [N, C, H, W]."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu()
+    t = _as_tensor(x, what)
     if t.ndim == 3:
         t = t[:, None]
     if t.ndim != 4:
@@ -34,17 +49,17 @@ def to_uint8_images(x: Any, what: str = "images") -> torch.Tensor:
         t = t.permute(0, 3, 1, 2)
     if t.shape[1] not in (1, 3):
         raise MtkdError(f"{what} must have 1 (grey) or 3 (colour) channels, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise MtkdError(f"{what} hold no images (shape {tuple(t.shape)})")
     if t.dtype == torch.uint8:
         return t.contiguous()
     if t.dtype == torch.bool or not (
-        t.is_floating_point() or t.dtype in (torch.int16, torch.int32, torch.int64)
+        t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
     ):
         raise MtkdError(f"{what}: unsupported dtype {t.dtype} (uint8, or floats in [0, 1] or [0, 255])")
     t = t.float()
     if not torch.isfinite(t).all():
         raise MtkdError(f"{what} hold NaN or infinite values")
-    if t.numel() == 0:
-        raise MtkdError(f"{what} hold no images")
     low, high = float(t.min()), float(t.max())
     if low < 0:
         raise MtkdError(
@@ -58,13 +73,22 @@ def to_uint8_images(x: Any, what: str = "images") -> torch.Tensor:
 
 
 def to_labels(y: Any, n: int, what: str = "labels") -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).detach().cpu()
+    """Class indices as int64: whole, finite, >= 0 (floats such as 3.0 are taken, 0.5 refused)."""
+    t = _as_tensor(y, what)
     if t.ndim != 1 or len(t) != n:
         raise MtkdError(f"{what} must be a vector of {n} class indices, got shape {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise MtkdError(f"{what} must be class indices (integers), got dtype {t.dtype}")
     if t.is_floating_point():
+        if not torch.isfinite(t).all():
+            raise MtkdError(f"{what} hold NaN or infinite values")
         if not torch.equal(t, t.round()):
             raise MtkdError(
                 f"{what} must be whole class indices, got floats such as {t[t != t.round()][0]:.3g}"
+            )
+        if len(t) and float(t.abs().max()) >= 2**53:
+            raise MtkdError(
+                f"{what} must be class indices, got values as large as {float(t.abs().max()):.3g}"
             )
         t = t.round()
     if len(t) and int(t.min()) < 0:
@@ -73,12 +97,33 @@ def to_labels(y: Any, n: int, what: str = "labels") -> torch.Tensor:
 
 
 def _classes(given: Sequence[str] | None, labels: list[torch.Tensor]) -> list[str]:
-    top = max(int(y.max()) for y in labels if len(y)) + 1
+    """Class names: `given` (one per index, each once) or "0".."K-1" for labels 0..K-1. Checked
+    before anything allocates per class: a label far above the classes present is refused."""
+    present = [y for y in labels if len(y)]
+    if not present:
+        raise MtkdError("no labels: every split is empty")
+    top = max(int(y.max()) for y in present) + 1
     if given is None:
+        distinct = int(torch.unique(torch.cat(present)).numel())
+        if top > distinct:
+            raise MtkdError(
+                f"labels go up to {top - 1} but only {distinct} distinct values appear: labels must be class "
+                "indices 0..K-1 (pass classes= to name K classes when some have no image)"
+            )
         return [str(i) for i in range(top)]
-    classes = [str(c) for c in given]
+    try:
+        if isinstance(given, (str, bytes)):
+            raise TypeError
+        classes = [str(c) for c in given]
+    except TypeError:
+        raise MtkdError(f"classes must be a list of class names, got {type(given).__name__}") from None
     if top > len(classes):
         raise MtkdError(f"labels go up to {top - 1} but {len(classes)} classes are named")
+    seen: set[str] = set()
+    for c in classes:
+        if c in seen:
+            raise MtkdError(f"class name {c!r} is given twice: class names must differ")
+        seen.add(c)
     return classes
 
 
@@ -135,12 +180,20 @@ def _items(data: Any, what: str, size: tuple[int, int] | None) -> tuple[torch.Te
                 raise MtkdError(f"{what}[{i}] is {tuple(t.shape[1:])} but the first image is {size}")
             size = (int(t.shape[1]), int(t.shape[2]))
         images.append(t)
-        labels.append(int(torch.as_tensor(label).item()))
+        labels.append(_label(label, f"{what}[{i}]"))
     if not images:
         raise MtkdError(f"{what} is empty")
     if len({tuple(t.shape) for t in images}) > 1:
         raise MtkdError(f"{what}: images differ in shape (channels or size)")
     return torch.stack(images), torch.tensor(labels)
+
+
+def _label(label: Any, what: str) -> int:
+    """One item's label as a class index: a whole number (an int, or a float or 0-d tensor equal to one)."""
+    t = _as_tensor(label, f"{what}'s label")
+    if t.numel() != 1:
+        raise MtkdError(f"{what}'s label must be one class index, got shape {tuple(t.shape)}")
+    return int(to_labels(t.reshape(1), 1, f"{what}'s label")[0])
 
 
 def from_torch(

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mtkd._decode import open_quietly
+from mtkd.console import say
 from mtkd.errors import MtkdError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -21,7 +23,10 @@ def open_image(path: str | Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise MtkdError(f"image file is empty (0 bytes): {path}")
     try:
-        with Image.open(path) as img:
+        with open_quietly(str(path)) as img:
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or 1 << 62):
+                say(f"{path}: {img.width * img.height:,} pixels, over PIL's decompression-bomb limit "
+                    f"({Image.MAX_IMAGE_PIXELS:,}): decoded anyway")  # fmt: skip
             img.load()
             return img.copy()
     # PIL reports a broken file as any of these (a damaged PNG chunk is a SyntaxError).

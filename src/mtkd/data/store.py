@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mtkd._decode import ALIGN
 from mtkd.console import Milestones, make_progress, say
@@ -101,6 +102,15 @@ def read_headers(files: list[Path], label: str) -> list[tuple[int, int, bool]]:
         with contextlib.suppress(ValueError, TypeError):  # a damaged memo is read again from the files
             return [(int(w), int(h), bool(g)) for w, h, g in kept]
     found = _headers(paths)
+    large = [
+        (w * h, p)
+        for (w, h, _), p in zip(found, paths, strict=True)
+        if w * h > (Image.MAX_IMAGE_PIXELS or 1 << 62)
+    ]
+    if large:
+        pixels, path = max(large)
+        say(f"{label}: {len(large)} image(s) over PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS:,} pixels), "
+            f"the largest {path} ({pixels:,}): decoded anyway, at the store's size")  # fmt: skip
     memo.parent.mkdir(parents=True, exist_ok=True)
     write_json(memo, [list(item) for item in found])
     return found
@@ -267,6 +277,34 @@ def _write_array(folder: Path, arr: np.ndarray, labels: np.ndarray, label: str) 
     })  # fmt: skip
 
 
+def _resumable(partial: Path, progress: Path, shape: tuple[int, ...], label: str) -> list[str]:
+    """The blocks of an interrupted build that are on disk as recorded: `progress.json` lists the
+    hash of each block done, and each is read back and checked (a record can survive the blocks it
+    describes, as when the page cache is lost), so a resume keeps only the blocks that match, in
+    order, and decodes the rest again. [] for a new build."""
+    if not partial.is_file():
+        return []
+    try:
+        record = read_json(progress, default={})
+        blocks = record.get("blocks", []) if isinstance(record, dict) else None
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise ValueError("progress")
+        found, offset = _layout(partial)
+        if tuple(found) != tuple(shape) or partial.stat().st_size != offset + math.prod(shape):
+            raise ValueError("layout")
+        if len(blocks) > math.ceil(shape[0] / BLOCK):
+            raise ValueError("more blocks than the store holds")
+        on_disk = _file_hashes(partial, offset, BLOCK * math.prod(shape[1:]), len(blocks))
+    except (ValueError, KeyError, OSError, MtkdError):
+        say(f"{label}: the interrupted store build cannot be read back; starting it again")
+        return []
+    good = next((i for i, (a, b) in enumerate(zip(blocks, on_disk, strict=True)) if a != b), len(blocks))
+    if good < len(blocks):
+        say(f"{label}: {len(blocks) - good} of the {len(blocks)} blocks an interrupted build recorded are not "
+            f"on disk as recorded; decoding them again")  # fmt: skip
+    return blocks[:good]
+
+
 def _build(
     folder: Path, files: list[Path], labels: np.ndarray, channels: int, size: tuple[int, int], label: str
 ) -> None:
@@ -279,13 +317,12 @@ def _build(
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     partial_path, progress_path = folder / "images.partial.npy", folder / "progress.json"
-    progress = read_json(progress_path, default={}) if partial_path.is_file() else {}
-    if not progress:  # a new file of the full size (sparse until written)
+    row = channels * h * w
+    blocks = _resumable(partial_path, progress_path, (n, channels, h, w), label)
+    if not blocks:  # a new file of the full size (sparse until written)
         _create_array(partial_path, (n, channels, h, w))
     _, offset = _layout(partial_path)
-    blocks: list[str] = list(progress.get("blocks", []))
-    done = len(blocks) * BLOCK
-    row = channels * h * w
+    done = min(n, len(blocks) * BLOCK)
     gib = n * row / 2**30
     say(
         f"{label}: decoding {n - done} of {n} images once into a store at {h}x{w} ({gib:.2f} GiB) in {folder}"

@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import json
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mtkd
+from mtkd.console import say
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_path, fsync_dir, git_commit, read_json, sha256_file, write_json
 
@@ -68,6 +72,7 @@ def save_checkpoint(
         "git_commit": git_commit(),
         "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    record["content_sha256"] = content_hash(record)
     write_json(_pending(folder / f"{tag}.json"), record)
     _commit(folder, tag)
 
@@ -120,11 +125,130 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def content_hash(record: dict) -> str:
+    """SHA-256 of a checkpoint record as JSON (sorted keys), without its own hash."""
+    body = {k: v for k, v in record.items() if k not in ("content_sha256", "_path")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _File(_Loose):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # a file beside the JSON, never a path
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Files(_Loose):
+    weights: _File
+    state: _File | None = None
+
+
+class _Data(_Loose):
+    name: str
+    classes: list[str] = Field(min_length=2)
+    channels: Literal[1, 3]
+    image_size: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError(f"must be positive, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _stats(self) -> _Data:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std must have one value per channel ({self.channels})")
+        if not all(s > 0 for s in self.std) or len(set(self.classes)) != len(self.classes):
+            raise ValueError("std must be positive and class names distinct")
+        return self
+
+
+class _Model(_Loose):
+    name: str = Field(min_length=1)
+    num_classes: int | None = Field(None, ge=2)
+
+
+class _Meta(_Loose):
+    kind: Literal["student", "teacher"]
+    model: _Model
+    data: _Data
+    config: dict
+    files: _Files
+
+
+def check_meta(meta: Any, where: str) -> dict:
+    """A checkpoint record as read, checked before anything uses it: its own content hash (an
+    edit by hand is refused), then the shape of every entry mtkd reads. One line on a problem."""
+    if not isinstance(meta, dict):
+        raise MtkdError(f"{where} is not an mtkd checkpoint (not a JSON object)")
+    if "content_sha256" in meta and meta["content_sha256"] != content_hash(meta):
+        raise MtkdError(
+            f"{where} was altered after it was saved (its content hash does not match): refusing it"
+        )
+    try:
+        _Meta.model_validate(meta)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise MtkdError(f"{where} is not a valid mtkd checkpoint: '{key}' {first['msg'].lower()}") from None
+    if meta["model"].get("num_classes") not in (None, len(meta["data"]["classes"])):
+        raise MtkdError(
+            f"{where} is not a valid mtkd checkpoint: model.num_classes differs from data.classes"
+        )
+    return meta
+
+
+class _Summary(_Loose):
+    kind: Literal["student", "teacher"]
+    name: str
+    dataset: str
+    params: int = Field(ge=0)
+    macs: int = Field(ge=0)
+    best_epoch: int = Field(ge=0)
+    val_acc: float = Field(ge=0, le=1)
+    test_acc: float = Field(ge=0, le=1)
+    test_acc_last: float = Field(ge=0, le=1)
+    epochs: int = Field(ge=1)
+    seconds: float = Field(ge=0)
+    extra_train_params: int = Field(0, ge=0)
+    val_count: int | None = Field(None, ge=0)
+    classes: list[str] = []
+
+
+def read_summary(path: str | Path, default: Any = ...) -> Any:
+    """A finished run's summary.json, checked (keys, types, ranges) before it is used. A damaged
+    or hand-edited one: one line naming it; with `default` (a study, which finishes the run again
+    to rebuild it), `default` when absent or damaged."""
+    path = Path(path)
+    if default is not ... and not path.is_file():
+        return default
+    summary = read_json(path) if default is ... else read_json(path, default=default)
+    if default is not ... and summary is default:
+        return default
+    try:
+        _Summary.model_validate(summary)
+    except ValidationError as err:
+        if default is not ...:
+            say(f"{path} is damaged; rebuilding it")
+            return default
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(the file)"
+        raise MtkdError(
+            f"{path} is damaged: '{key}' {first['msg'].lower()}; delete that run folder to run it again"
+        ) from None
+    return summary
+
+
 def read_meta(path: str | Path) -> dict:
     json_path = resolve_checkpoint(path)
-    meta = read_json(json_path)  # a damaged file: one line naming it
-    if not isinstance(meta, dict) or "files" not in meta or "kind" not in meta:
-        raise MtkdError(f"{json_path} is not an mtkd checkpoint")
+    meta = check_meta(read_json(json_path), str(json_path))  # a damaged file: one line naming it
     meta["_path"] = str(json_path)
     return meta
 

@@ -13,15 +13,27 @@ import torch
 from mtkd.errors import MtkdError
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' is CUDA where present, else the CPU."""
-    if name == "auto":
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' is CUDA where present, else the CPU; any other name is checked against what this
+    machine has, in one line."""
+    if isinstance(name, str) and name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MtkdError(
-            "device 'cuda' requested but no CUDA device is available (use --train.device auto or cpu)"
-        )
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MtkdError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MtkdError(
+                f"device '{name}' requested but no CUDA device is available (use --train.device auto or cpu)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MtkdError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise MtkdError(f"device '{name}' requested but MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise MtkdError(f"device '{name}' is not supported (auto, cpu, cuda, cuda:N, mps)")
+    return dev
 
 
 def default_threads() -> int:

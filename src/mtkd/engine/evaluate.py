@@ -77,6 +77,8 @@ def evaluate_checkpoint(
 
 
 def predict_files(path: str, files: list[str], device: str = "auto", top_k: int = 3) -> list[dict]:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise MtkdError(f"--top-k must be a whole number >= 1, got {top_k!r}")
     dev = pick_device(device)
     model, meta, transform = load_model(path, dev)
     data = meta["data"]

@@ -17,7 +17,19 @@ from mtkd.errors import MtkdError
 from mtkd.io import atomic_path
 
 
+def _max_opset() -> int:
+    """The newest opset torch's TorchScript exporter writes (18 where torch does not say)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 18
+
+
 def export_onnx(checkpoint: str, out: str | Path, opset: int = 17, atol: float = 1e-4) -> dict:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= _max_opset():
+        raise MtkdError(f"--opset {opset!r}: this torch exports ONNX opsets 9 to {_max_opset()}")
     try:
         import onnxruntime as ort
     except ImportError:

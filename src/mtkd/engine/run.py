@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +130,9 @@ def _finish(
 
 def best_meta_clean(meta: dict) -> dict:
     return {
-        k: v for k, v in meta.items() if k not in ("files", "versions", "git_commit", "saved_at", "_path")
+        k: v
+        for k, v in meta.items()
+        if k not in ("files", "versions", "git_commit", "saved_at", "_path", "content_sha256")
     }
 
 
@@ -217,9 +223,23 @@ class Given:
     data: Any = None  # a Dataset, or what mtkd.data.as_dataset takes
 
 
+@contextlib.contextmanager
+def _nothing_left_on_failure(folder: Path, resume: bool) -> Iterator[None]:
+    """A new run that fails before its first checkpoint (a tracker that cannot start, a module that
+    raises at step 1, an interruption) takes away the folder it created: nothing to resume is left."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not (resume or existed) and os.environ.get("RANK", "0") == "0" and folder.is_dir() \
+                and not (folder / "last.json").is_file() and not (folder / "last.json.new").is_file():  # fmt: skip
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def run_train(cfg: TrainConfig, resume: bool = False, given: Given | None = None) -> dict:
     """Train a student, alone or from teachers through transfer methods, and report its accuracies."""
-    with ExitStack() as stack:
+    with _nothing_left_on_failure(Path(cfg.output.dir), resume), ExitStack() as stack:
         cfg = settle_threads(cfg, resume)
         stack.enter_context(compute_threads(cfg.train.threads))
         return _train(cfg, resume, stack, given or Given())
@@ -365,7 +385,7 @@ def _extract(
 
 def run_teacher_fit(cfg: TeacherFitConfig, resume: bool = False, data: Any = None) -> dict:
     """Adapt a pretrained teacher to a dataset: a new head on a frozen backbone (probe) or fine-tuning."""
-    with ExitStack() as stack:
+    with _nothing_left_on_failure(Path(cfg.output.dir), resume), ExitStack() as stack:
         cfg = settle_threads(cfg, resume)
         stack.enter_context(compute_threads(cfg.train.threads))
         return _teacher_fit(cfg, resume, stack, data)

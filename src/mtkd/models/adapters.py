@@ -10,6 +10,7 @@ As in torchdistill, nothing in the module's code changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,8 +93,8 @@ class OutputsView:
             _, pooled, logits = self(torch.zeros(2, channels, *size, device=device))
         except MtkdError:
             raise
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+        except Exception as exc:  # noqa: BLE001 - a user module may raise anything in its forward
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MtkdError(
                 f"{type(self.model).__name__} cannot take [N, {channels}, {size[0]}, {size[1]}] images: {first}"
             ) from None
@@ -121,6 +122,28 @@ class ModuleTeacher(nn.Module):
         super().__init__()
         if (mean is None) != (std is None):
             raise MtkdError("a teacher module's mean and std go together: give both or neither")
+        if not isinstance(module, nn.Module):
+            raise MtkdError(f"ModuleTeacher takes an nn.Module, got {type(module).__name__}")
+        if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                       or not 4 <= input_size <= 1024):  # fmt: skip
+            raise MtkdError(
+                f"a teacher module's input_size must be a whole number from 4 to 1024, got {input_size!r}"
+            )
+        if mean is not None and std is not None:
+            try:
+                mean, std = [float(v) for v in mean], [float(v) for v in std]
+            except (TypeError, ValueError):
+                raise MtkdError(
+                    "a teacher module's mean and std must be lists of numbers, one per channel"
+                ) from None
+            if len(mean) != len(std) or len(mean) not in (1, 3):
+                raise MtkdError(
+                    f"a teacher module's mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}"
+                )
+            if not all(math.isfinite(v) and v > 0 for v in std) or not all(math.isfinite(v) for v in mean):
+                raise MtkdError(
+                    f"a teacher module's std must be positive and finite (it divides the pixels), got {std}"
+                )
         self.model = module
         self.name = name or type(module).__name__
         self.input_size = input_size

@@ -105,8 +105,8 @@ class StudyConfig(Section):
     student: dict[str, Any] = Field(
         default_factory=dict, description="partial mtkd train config for every student"
     )
-    students: list[str | dict[str, Any]] = Field(
-        default_factory=list,
+    students: list[str | dict[str, Any]] | None = Field(
+        None,
         description="student models by name, or partial train configs (default: student)",
     )
     teacher_fit: dict[str, Any] = Field(default_factory=dict, description="partial mtkd teacher fit config")
@@ -130,7 +130,10 @@ class StudyConfig(Section):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_range(cls, v: Any) -> Any:
-        """A mapping is a SeedRange: its own error, not the list branch's 'must be a valid list'."""
+        """A mapping is a SeedRange: its own error, not the list branch's 'must be a valid list'.
+        true/false are not seeds (YAML would make them 1 and 0)."""
+        if isinstance(v, (list, tuple)) and any(isinstance(s, bool) for s in v):
+            raise ValueError("seeds must be whole numbers, not true/false")
         if not isinstance(v, dict):
             return v
         try:
@@ -141,6 +144,15 @@ class StudyConfig(Section):
             raise ValueError(
                 f"{{min:, max:}} {key + ': ' if key else ''}{e['msg']}".replace("Value error, ", "")
             ) from None
+
+    @field_validator("students")
+    @classmethod
+    def _students(cls, v: list | None) -> list | None:
+        if v is not None and not v:
+            raise ValueError(
+                "is empty: leave 'students' out for the default student (cnn_small), or name one"
+            )
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -190,10 +202,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text).strip("-")
 
 
+def folder_name(text: str, where: str) -> str:
+    """`text` made folder-safe (other characters become '-'), refused when nothing is left or
+    it would name the folder itself or its parent."""
+    label = _slug(str(text))
+    if not label.strip(".") or len(label) > 200:
+        raise MtkdError(f"{where} '{text}' cannot name a folder: use letters, digits, _ . = - (at most 200)")
+    return label
+
+
 def method_label(spec: str | dict[str, Any]) -> tuple[str, str | dict[str, Any]]:
     """A method's short, folder-safe label and the spec passed to transfer.methods."""
     if isinstance(spec, str):
-        return _slug(spec), spec
+        return folder_name(spec, "study method"), spec
     if "name" not in spec:
         raise MtkdError(f"study methods: each mapping needs a 'name', got {spec}")
     spec = dict(spec)
@@ -201,7 +222,7 @@ def method_label(spec: str | dict[str, Any]) -> tuple[str, str | dict[str, Any]]
     if label is None:
         options = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
         label = f"{spec['name']}({options})" if options else str(spec["name"])
-    return _slug(str(label)), spec
+    return folder_name(str(label), "study method label"), spec
 
 
 def _entry_tree(entry: str | dict[str, Any], sections: set[str], leaf: str, inner: set[str]) -> dict:
@@ -244,9 +265,9 @@ def student_configs(cfg: StudyConfig) -> dict[str, dict]:
                 raise MtkdError(f"study student: '{forbidden}' is set by the study, not per student")
         base = _validated(TrainConfig, tree, "study student")
         label = (
-            _slug(entry.get("label", ""))
+            safe_label(str(entry["label"]), "study student")
             if isinstance(entry, dict) and entry.get("label")
-            else base.model.name
+            else folder_name(base.model.name, "study student")
         )
         if label in out:
             raise MtkdError(f"study students: '{label}' appears twice (give one a label)")
@@ -316,6 +337,14 @@ def teacher_entries(cfg: StudyConfig) -> dict[str, dict]:
                     raise MtkdError(
                         f"study teacher checkpoint {path}: no adapted teacher there (best.json missing)"
                     )
+                from mtkd.engine.checkpoint import read_meta
+
+                meta = read_meta(path / "best.json")  # checked (content, shape) before anything runs
+                if meta["kind"] != "teacher":
+                    raise MtkdError(
+                        f"study teacher checkpoint {path} is a {meta['kind']} run, not an adapted teacher "
+                        "(mtkd teacher fit)"
+                    )
                 label = safe_label(str(entry.get("label") or path.name), "study teacher")
                 tree: dict[str, Any] = {"checkpoint": str(path)}
                 identity = f"checkpoint:{path.resolve()}"
@@ -348,7 +377,7 @@ def safe_label(text: str, where: str) -> str:
             f"{where} label '{text}' is a path: a label names a folder, use letters, digits, _ . = -"
         )
     label = _slug(text).replace("+", "-")  # '+' joins a team's labels
-    if not label or label in (".", ".."):
+    if not label.strip(".") or len(label) > 200:
         raise MtkdError(f"{where} label '{text}' has no letters or digits to name a folder with")
     return label
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mtkd.engine.checkpoint import read_meta
+from mtkd.engine.checkpoint import read_meta, read_summary
 from mtkd.io import atomic_write, read_json, write_json
 from mtkd.study.config import LatencyConfig
 from mtkd.study.plan import Job
@@ -37,7 +37,7 @@ def collect(jobs: list[Job], study: Path) -> tuple[list[dict], dict[str, dict]]:
         path = folder / "summary.json"
         if not path.is_file():
             continue
-        s = read_json(path)
+        s = read_summary(path)
         summaries[_relative(folder, study)] = s
         info = job.info
         teachers = info.get("teachers", [])

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mtkd.console import say
+from mtkd.engine.checkpoint import read_summary
 from mtkd.engine.config import TeacherFitConfig, TrainConfig, config_difference, read_yaml, to_yaml
 from mtkd.engine.launch import torchrun_command
 from mtkd.engine.signals import StopRequests
@@ -38,7 +39,7 @@ def job_status(job: Job) -> str:
     if job.config is None:
         return "done"
     folder = Path(job.config.output.dir)
-    if read_json(folder / "summary.json", default=None) is not None:
+    if read_summary(folder / "summary.json", default=None) is not None:
         saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
         diff = config_difference(saved, job.config.model_dump(mode="json"))
         if diff:
@@ -118,7 +119,8 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
             launcher = "mtkd" if nproc == 1 else f"torchrun --nproc_per_node={nproc} -m mtkd"
             resume = " --resume" if job_status(job) == "partial" else ""
             lines.append(f"{launcher} {' '.join(_args(job, spec))}{resume}")
-    if records and not all(r.complete for r in records.values()):
+    searching = search_strategy(cfg, len(Planner(cfg).candidates)) != "grid"
+    if searching and not (records and all(r.complete for r in records.values())):
         lines.append("# search: when these are done, run this --plan again for the next stage's runs")
     elif cfg.sequential:
         lines.append(
@@ -130,7 +132,7 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
 
 def _result_line(job: Job) -> str:
     assert job.config is not None
-    s = read_json(Path(job.config.output.dir) / "summary.json")
+    s = read_summary(Path(job.config.output.dir) / "summary.json")
     return f"test acc {s['test_acc']:.4f} (best val epoch), {s['test_acc_last']:.4f} (last), {s['seconds']:.0f} s"
 
 
