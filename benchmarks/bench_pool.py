@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 POOL = [
@@ -60,6 +61,10 @@ def study(root: Path, name: str, args: argparse.Namespace, **extra) -> tuple[flo
     return time.perf_counter() - start, json.loads((out / "results.json").read_text())
 
 
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}"
+
+
 def student_runs(results: dict, stages: tuple[str, ...]) -> list[dict]:
     return [r for r in results["runs"] if r["kind"] == "student" and r.get("stage", "confirm") in stages]
 
@@ -71,18 +76,36 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--budget", type=float, default=12, help="search.budget, student-run equivalents")
     parser.add_argument("--keep", type=Path, help="keep the study folders here (default: a temporary folder)")
+    parser.add_argument(
+        "--from", dest="again", type=Path, help="print again from the folders of a --keep run"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("MTKD_HOME", str(root / "home"))
-        warm, _ = study(root, "warmup", args, max_teachers=1, methods=["features"], search={"strategy": "grid"},
-                        student={"schedule": {"epochs": 1}})  # fmt: skip
-        grid_s, grid = study(root, "grid", args, search={"strategy": "grid"})
-        found = {}
-        for strategy in ("greedy", "halving"):
-            found[strategy] = study(root, strategy, args, search={
-                "strategy": strategy, "budget": args.budget, "screen_epochs": 1, "leave_one_out": False})  # fmt: skip
+    if args.again:  # the same studies' results; the wall times where that run recorded them
+        walls = (
+            json.loads((args.again / "walls.json").read_text())
+            if (args.again / "walls.json").is_file()
+            else {}
+        )
+        read = {
+            n: json.loads((args.again / n / "results.json").read_text())
+            for n in ("grid", "greedy", "halving")
+        }
+        warm, grid_s, grid = walls.get("warmup"), walls.get("grid"), read["grid"]
+        found = {k: (walls.get(k), read[k]) for k in ("greedy", "halving")}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = args.keep or Path(tmp)
+            root.mkdir(parents=True, exist_ok=True)
+            os.environ.setdefault("MTKD_HOME", str(root / "home"))
+            warm, _ = study(root, "warmup", args, max_teachers=1, methods=["features"], search={"strategy": "grid"},
+                            student={"schedule": {"epochs": 1}})  # fmt: skip
+            grid_s, grid = study(root, "grid", args, search={"strategy": "grid"})
+            found = {}
+            for strategy in ("greedy", "halving"):
+                found[strategy] = study(root, strategy, args, search={
+                    "strategy": strategy, "budget": args.budget, "screen_epochs": 1, "leave_one_out": False})  # fmt: skip
+            walls = {"warmup": warm, "grid": grid_s, **{k: v[0] for k, v in found.items()}}
+            (root / "walls.json").write_text(json.dumps(walls))
 
     runs = student_runs(grid, ("confirm",))
     sets = {r["teachers"]: r for r in runs if r["method"] == "features"}
@@ -92,16 +115,16 @@ def main() -> None:
     grid_seconds = sum(float(r["seconds"]) for r in runs)
     print(f"{args.dataset}: pool of {len(POOL) * 2} candidates, max_teachers 3, student cnn_small "
           f"{args.epochs} epochs, budget {args.budget:g}, {os.cpu_count()} cores; warm-up (teachers, caches) "
-          f"{warm:.0f} s")  # fmt: skip
+          f"{_s(warm)} s")  # fmt: skip
     head = f"{'strategy':<9} {'student runs':>12} {'run-equiv':>9} {'run s':>7} {'study s':>8} {'ratio':>6}"
     print(head)
-    print(f"{'grid':<9} {len(runs):>12} {len(runs):>9.2f} {grid_seconds:>7.0f} {grid_s:>8.0f} {1:>6.2f}")
+    print(f"{'grid':<9} {len(runs):>12} {len(runs):>9.2f} {grid_seconds:>7.0f} {_s(grid_s):>8} {1:>6.2f}")
     picks = {}
     for strategy, (wall, res) in found.items():
         search = student_runs(res, ("screen", "search"))
         spent = res["search"]["cnn_small"]["spent"]
         seconds = sum(float(r["seconds"]) for r in search)
-        print(f"{strategy:<9} {len(search):>12} {spent:>9.2f} {seconds:>7.0f} {wall:>8.0f} "
+        print(f"{strategy:<9} {len(search):>12} {spent:>9.2f} {seconds:>7.0f} {_s(wall):>8} "
               f"{seconds / grid_seconds:>6.2f}")  # fmt: skip
         picks[strategy] = "+".join(res["search"]["cnn_small"]["chosen"][1])
     print(
@@ -110,6 +133,13 @@ def main() -> None:
     )
     print(f"grid's best by validation: {best} (val {100 * float(sets[best]['val_acc']):.2f}, "
           f"test {100 * float(sets[best]['test_acc']):.2f}); alone: test {100 * float(alone['test_acc']):.2f}")  # fmt: skip
+    val = [100 * float(r["val_acc"]) for r in sets.values()]
+    test = [100 * float(r["test_acc"]) for r in sets.values()]
+    from scipy.stats import spearmanr
+
+    print(f"the grid's {len(sets)} sets: val {np.mean(val):.2f} +- {np.std(val):.2f} (one image is "
+          f"{100 / int(alone['val_count']):.2f}), test {np.mean(test):.2f} +- {np.std(test):.2f}; Spearman rho of "
+          f"val against test over the sets {spearmanr(val, test).statistic:+.2f}")  # fmt: skip
     for strategy, pick in picks.items():
         r = sets[pick]
         print(f"{strategy} picked {pick}: rank {by_val.index(pick) + 1} of {len(sets)} in the grid by validation, "

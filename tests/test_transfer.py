@@ -119,6 +119,22 @@ def test_hint_and_camkd_train_from_cached_maps(digits_teacher, tmp_path, capsys)
     assert any(sorted(c.get("maps", [])) == ["body", "body.features.6"] for c in caches)
 
 
+def _killed_after_chunks(monkeypatch, module, n: int):
+    """A kill right after the build records its n-th chunk (progress.json); returns the real writer."""
+    calls = {"n": 0}
+    original = module.write_json
+
+    def crash(path, obj):
+        original(path, obj)
+        if path.name == "progress.json":
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "write_json", crash)
+    return original
+
+
 def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, monkeypatch):
     from mtkd.cache import teacher_cache
 
@@ -127,17 +143,7 @@ def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, mo
     spec = CacheSpec(views=3, padding=2, hflip=True, seed=9, dtype="float32", with_logits=True)
     args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
-    calls = {"n": 0}
-    original = teacher_cache.write_json
-
-    def crash_after_two_chunks(path, obj):
-        original(path, obj)
-        if path.name == "progress.json":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(teacher_cache, "write_json", crash_after_two_chunks)
+    original = _killed_after_chunks(monkeypatch, teacher_cache, 2)
     with pytest.raises(KeyboardInterrupt):
         build_cache(*args)
     monkeypatch.setattr(teacher_cache, "write_json", original)
@@ -161,17 +167,7 @@ def test_a_cache_build_whose_rows_were_lost_after_their_record_computes_them_aga
     spec = CacheSpec(views=2, padding=2, hflip=True, seed=4, dtype="float32", with_logits=True)
     args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
-    calls = {"n": 0}
-    original = teacher_cache.write_json
-
-    def crash_after_three_chunks(path, obj):
-        original(path, obj)
-        if path.name == "progress.json":
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(teacher_cache, "write_json", crash_after_three_chunks)
+    original = _killed_after_chunks(monkeypatch, teacher_cache, 3)
     before = set(cache_dir().glob("teachers/*/progress.json"))
     with pytest.raises(KeyboardInterrupt):
         build_cache(*args)

@@ -351,7 +351,7 @@ def stages(
     def rows(some: list[Job]) -> list[dict]:
         return collect(some, Path(cfg.output))[0]
 
-    from mtkd.study.search import drive, screen_pool
+    from mtkd.study.search import drive
 
     planner = Planner(cfg)
     if search_strategy(cfg, len(planner.candidates)) == "grid":
@@ -359,7 +359,7 @@ def stages(
         failed: list[str] = []
         records: dict = {}
         if cfg.search.screen_epochs:
-            screened, failed, records = screen_pool(planner, reading_of(cfg), run, rows)
+            screened, failed, records = drive(planner, reading_of(cfg), run, rows, screen_only=True)
         wanted, failures = settle(cfg, jobs, run)
         have = {j.id for j in wanted}
         return (

@@ -302,8 +302,13 @@ class Driver:
                     gain = step["gain"] = scores[best] - current[1]
                     if gain < self.cfg.equivalence / 100:
                         added = next(t for t in best[1] if t not in members)
-                        step["stop"] = (f"adding {added} gains {100 * gain:+.2f} points on validation, inside "
-                                        f"±{self.cfg.equivalence:.2f}: {size - 1} teacher(s)")  # fmt: skip
+                        verb = (
+                            f"gains {100 * gain:+.2f} points"
+                            if gain > 0
+                            else f"changes it by {100 * gain:+.2f} points"
+                        )
+                        step["stop"] = (f"adding {added} {verb} on validation, under the +{self.cfg.equivalence:.2f} "
+                                        f"that matters: {size - 1} teacher(s)")  # fmt: skip
                         break
                 current = (best, scores[best])
             if current is not None:
@@ -393,10 +398,13 @@ def _quiet(how: Reading) -> Reading:
 
 
 def drive(planner: Planner, how: Reading, run: Callable[[list[Job]], list[str]] | None,
-          rows_of: Callable[[list[Job]], list[dict]]) -> tuple[list[Job], list[str], dict[str, Record]]:  # fmt: skip
-    """Every student's search, stage by stage: (the runs it asked for, failures, records)."""
+          rows_of: Callable[[list[Job]], list[dict]], screen_only: bool = False,
+          ) -> tuple[list[Job], list[str], dict[str, Record]]:  # fmt: skip
+    """Every student's search, stage by stage: (the runs it asked for, failures, records).
+    `screen_only`: the screening runs alone, for a grid with `search.screen_epochs` (its report
+    then shows how well each proxy ranks the candidates against the grid's full-schedule runs)."""
     cfg = planner.cfg
-    strategy = search_strategy(cfg, len(planner.candidates))
+    strategy = "grid" if screen_only else search_strategy(cfg, len(planner.candidates))
     wanted: list[Job] = []
     driver = Driver(planner, how, run, rows_of, wanted)
     records: dict[str, Record] = {}
@@ -405,29 +413,11 @@ def drive(planner: Planner, how: Reading, run: Callable[[list[Job]], list[str]] 
         for student in planner.students:
             record = Record(strategy, cfg.search.budget)
             records[student] = record
-            record.grid_runs = int(costs(planner, student, "grid", len(planner.candidates)).search)
             driver.screen(student, strategy, record)
-            getattr(driver, strategy)(student, record)
-            driver.confirm(student, record)
-            record.complete = True
-    except Incomplete:
-        pass
-    return driver.wanted, driver.failures, records
-
-
-def screen_pool(planner: Planner, how: Reading, run: Callable[[list[Job]], list[str]] | None,
-                rows_of: Callable[[list[Job]], list[dict]]) -> tuple[list[Job], list[str], dict[str, Record]]:  # fmt: skip
-    """The screening runs alone, for a grid with `search.screen_epochs`: the report then shows how
-    well each proxy ranks the candidates against the grid's full-schedule runs."""
-    wanted: list[Job] = []
-    driver = Driver(planner, how, run, rows_of, wanted)
-    records: dict[str, Record] = {}
-    try:
-        driver.teachers_stage()
-        for student in planner.students:
-            record = Record("grid", planner.cfg.search.budget)
-            records[student] = record
-            driver.screen(student, "grid", record)
+            if not screen_only:
+                record.grid_runs = int(costs(planner, student, "grid", len(planner.candidates)).search)
+                getattr(driver, strategy)(student, record)
+                driver.confirm(student, record)
             record.complete = True
     except Incomplete:
         pass
