@@ -71,11 +71,17 @@ def _curve(folder: Path) -> list[float]:
         return []
 
 
-def learning_curves(groups: list[Group], study: Path, path: Path) -> Path:
+def learning_curves(groups: list[Group], study: Path, path: Path, prefer: Group | None = None) -> Path:
+    """The student alone and, per method, its best configuration on validation (`prefer` for its
+    method: a search's pick)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     shown = [g for g in groups if g.method == "none"]
     for method in dict.fromkeys(g.method for g in groups if g.method != "none"):
-        pick = best_by_val([g for g in groups if g.method == method])
+        pick = (
+            prefer
+            if prefer is not None and prefer.method == method
+            else best_by_val([g for g in groups if g.method == method])
+        )
         if pick is not None:
             shown.append(pick)
     for i, g in enumerate(shown):

@@ -154,22 +154,27 @@ def _blocks(
             b.append(("img", plots.accuracy_vs_teachers(groups, study / f"{prefix}teachers.png"),
                       "Test accuracy against the number of teachers: per method the best teacher set of each size "
                       "(mean ± std over seeds); dots are the other sets; the grey band is the student alone."))  # fmt: skip
+        # A search's pick is what the figures show; a grid's, the best on validation (the same as Q1's).
+        searched = a.get("chosen") == "chosen by the search"
+        chosen = next((g for g in groups if searched and a.get("q1") and g.short == a["q1"]["best"]), None)
         b.append(("h3", "Learning curves, per-class change, confusion"))
-        b.append(("img", plots.learning_curves(groups, study, study / f"{prefix}curves.png"),
-                  "Validation accuracy per epoch: the student alone and the best configuration of each method."))  # fmt: skip
+        b.append(("img", plots.learning_curves(groups, study, study / f"{prefix}curves.png", prefer=chosen),
+                  "Validation accuracy per epoch: the student alone and, per method, "
+                  + ("the search's pick or the best configuration." if chosen else "the best configuration.")))  # fmt: skip
         alone = next((g for g in groups if g.method == "none"), None)
-        best_transfer = best_by_val([g for g in groups if g.method != "none"])
+        best_transfer = chosen or best_by_val([g for g in groups if g.method != "none"])
         if alone is not None and best_transfer is not None:
             b.append(("img", plots.per_class_change(best_transfer, alone, summaries, study / f"{prefix}per-class.png"),
                       f"Per-class test accuracy of {best_transfer.short} minus the student alone, mean over seeds."))  # fmt: skip
-        top = best_by_val(groups)
+        top = chosen or best_by_val(groups)
         assert top is not None
         best_row = max(top.rows.values(), key=lambda r: r["val_acc"])
+        which = "the search's pick" if chosen else "the best student"
         b.append(("img", plots.confusion(summaries[best_row["run"]], f"{student}, {top.short}, seed {best_row['seed']}",
                                          study / f"{prefix}confusion.png"),
-                  f"Test confusion matrix of the best student ({top.short}, seed {best_row['seed']}, the seed with the "
+                  f"Test confusion matrix of {which} ({top.short}, seed {best_row['seed']}, the seed with the "
                   "best validation accuracy); rows are true classes."))  # fmt: skip
-        b.append(("img", plots.accuracy_vs_cost(_cost_points(groups, rows), study / f"{prefix}cost.png"),
+        b.append(("img", plots.accuracy_vs_cost(_cost_points(groups, rows, chosen), study / f"{prefix}cost.png"),
                   "Test accuracy against parameters and CPU latency per image, for each student configuration "
                   "(mean ± std) and each teacher."))  # fmt: skip
     b.append(("h2", "Reproduce"))
@@ -179,9 +184,9 @@ def _blocks(
     return b
 
 
-def _cost_points(groups: list[Group], rows: list[dict]) -> list[dict]:
+def _cost_points(groups: list[Group], rows: list[dict], chosen: Group | None = None) -> list[dict]:
     points = []
-    best = best_by_val([g for g in groups if g.method != "none"])
+    best = chosen or best_by_val([g for g in groups if g.method != "none"])
     for g in groups:
         row = next(iter(g.rows.values()))
         m, s = g.stat("test_acc")
@@ -280,7 +285,12 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str], records
     answers = answer(rows, reading_of(cfg), limit, picks_of(records))
     (study / "plots").mkdir(exist_ok=True)
     blocks = _blocks(cfg, rows, summaries, answers, failures, study)
-    blocks[-3:-3] = search_blocks(cfg, every, records, answers, study)
+    # A search's screening and steps come right after the answers (how the compared sets were chosen).
+    at = next(
+        (i for i, (kind, *rest) in enumerate(blocks) if kind == "h2" and rest[0] == "Teachers"),
+        len(blocks) - 3,
+    )
+    blocks[at:at] = search_blocks(cfg, every, records, answers, study)
     write_results(every, study, {"alpha": cfg.alpha, "equivalence": cfg.equivalence, "looks": cfg.looks,
                                  "level": look_level(cfg.alpha, cfg.looks), "answers": answers, "failures": failures,
                                  "search": {s: r.to_dict() for s, r in records.items()}})  # fmt: skip
@@ -360,9 +370,12 @@ def search_blocks(
                        f"{', '.join(map(str, cfg.seed_pool))}."))  # fmt: skip
         if record.strategy == "greedy":
             steps = [[s["method"], str(s["size"]), str(s["tried"]), " + ".join(s["best"]), _acc(s["val"]),
-                      f"{100 * s['gain']:+.2f}" if "gain" in s else "", s.get("stop", "")] for s in record.steps]  # fmt: skip
+                      f"{100 * s['gain']:+.2f}" if "gain" in s else ""] for s in record.steps]  # fmt: skip
             b.append(("table", ["method", "teachers", "sets tried", "best set (validation)", "its val acc",
-                                "gain (points)", "stop"], steps))  # fmt: skip
+                                "gain (points)"], steps))  # fmt: skip
+            for s in record.steps:
+                if s.get("stop"):
+                    b.append(("p", f"**Stopped** ({s['method']}): {s['stop']}."))
         else:
             steps = [[str(s["rung"]), str(s["epochs"]), str(s["seeds"]), str(s["configs"]), str(s["promoted"]),
                       "; ".join(s["best"])] for s in record.steps]  # fmt: skip
