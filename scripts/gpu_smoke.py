@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 FAILED: list[str] = []
+RESULTS: list[dict] = []  # one entry per check, written to smoke.json beside the runs
 
 
 def check(name: str, fn) -> None:  # noqa: ANN001
@@ -29,12 +30,14 @@ def check(name: str, fn) -> None:  # noqa: ANN001
     try:
         seen = fn()
         print(f"ok   {name:<44} {seen or ''} ({time.perf_counter() - start:.0f} s)", flush=True)
+        RESULTS.append(
+            {"check": name, "ok": True, "seen": str(seen or ""), "seconds": time.perf_counter() - start}
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is reported, the next check runs
         FAILED.append(name)
-        print(
-            f"FAIL {name:<44} {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            flush=True,
-        )
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"FAIL {name:<44} {why}", flush=True)
+        RESULTS.append({"check": name, "ok": False, "seen": why, "seconds": time.perf_counter() - start})
         if os.environ.get("MTKD_SMOKE_TRACE"):
             traceback.print_exc()
 
@@ -53,6 +56,7 @@ def main() -> None:
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here: run with --device cpu for a dry run of this script")
+    # $OUT is the folder a device machine brings back: the runs go elsewhere, smoke.json goes there too.
     out = args.out or Path(tempfile.mkdtemp(prefix="mtkd-gpu-smoke-"))
     os.environ.setdefault("MTKD_HOME", str(out / "home"))
     import mtkd
@@ -179,6 +183,14 @@ def main() -> None:
         check("images/s against the CPU", speed)
 
     print(f"{len(FAILED)} check(s) failed" + (f": {', '.join(FAILED)}" if FAILED else ""), flush=True)
+    import json
+    import platform
+
+    record = {"torch": torch.__version__, "python": platform.python_version(), "device": name,
+              "mtkd": mtkd.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "checks": RESULTS}  # fmt: skip
+    for folder in {out, *([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])}:
+        (folder / "smoke.json").write_text(json.dumps(record, indent=1))
+        print(f"numbers: {folder / 'smoke.json'}", flush=True)
     sys.exit(len(FAILED))
 
 
