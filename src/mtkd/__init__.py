@@ -14,8 +14,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from mtkd.errors import MtkdError
-
-__version__ = "0.1.0"
+from mtkd.version import __version__
 
 _LAZY = {
     "fit_teacher": "mtkd.api", "train": "mtkd.api", "study": "mtkd.api", "evaluate": "mtkd.api",

@@ -29,10 +29,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import mtkd
 from mtkd.console import say
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_path, fsync_dir, git_commit, read_json, sha256_file, write_json
+from mtkd.version import __version__
 
 
 def versions() -> dict[str, str]:
@@ -40,7 +40,7 @@ def versions() -> dict[str, str]:
     import torchvision
 
     return {
-        "mtkd": mtkd.__version__,
+        "mtkd": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,

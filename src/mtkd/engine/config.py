@@ -292,7 +292,7 @@ def _allowed_keys(model: type[BaseModel], parts: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(model: type[BaseModel], err: ValidationError) -> str:
+def format_error(model: type[BaseModel], err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     key = ".".join(loc)
@@ -317,11 +317,11 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_trees(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_trees(out[key], value)
         else:
             out[key] = value
     return out
@@ -370,9 +370,9 @@ def build_config(
     overrides, validated once at the end."""
     tree = base if base is not None else model().model_dump(mode="json")
     if yaml_path is not None:
-        tree = _merge(tree, read_yaml(yaml_path))
+        tree = merge_trees(tree, read_yaml(yaml_path))
     if mapping is not None:
-        tree = _merge(tree, mapping)
+        tree = merge_trees(tree, mapping)
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
     for item in sets or []:
@@ -387,7 +387,7 @@ def build_config(
     try:
         return model.model_validate(tree)
     except ValidationError as err:
-        raise MtkdError(_format_error(model, err)) from None
+        raise MtkdError(format_error(model, err)) from None
 
 
 def to_yaml(config: BaseModel) -> str:

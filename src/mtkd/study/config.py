@@ -21,9 +21,9 @@ from mtkd.engine.config import (
     TeacherConfig,
     TeacherFitConfig,
     TrainConfig,
-    _format_error,
-    _merge,
     build_config,
+    format_error,
+    merge_trees,
     read_yaml,
     set_dotted,
 )
@@ -233,7 +233,7 @@ def _entry_tree(entry: str | dict[str, Any], sections: set[str], leaf: str, inne
     for key, value in entry.items():
         if key in sections:
             tree[key] = (
-                _merge(tree[key], value)
+                merge_trees(tree[key], value)
                 if isinstance(tree.get(key), dict) and isinstance(value, dict)
                 else value
             )
@@ -250,7 +250,7 @@ def _validated(model: type[Section], tree: dict, where: str) -> Section:
     try:
         return model.model_validate(tree)
     except ValidationError as err:
-        raise MtkdError(f"{where}: {_format_error(model, err)}") from None
+        raise MtkdError(f"{where}: {format_error(model, err)}") from None
 
 
 def student_configs(cfg: StudyConfig) -> dict[str, dict]:
@@ -259,7 +259,9 @@ def student_configs(cfg: StudyConfig) -> dict[str, dict]:
     entries = cfg.students or [{}]
     out: dict[str, dict] = {}
     for entry in entries:
-        tree = _merge(cfg.student, _entry_tree(entry, sections, "model", set(StudentConfig.model_fields)))
+        tree = merge_trees(
+            cfg.student, _entry_tree(entry, sections, "model", set(StudentConfig.model_fields))
+        )
         for forbidden in ("data", "output"):
             if forbidden in tree:
                 raise MtkdError(f"study student: '{forbidden}' is set by the study, not per student")
@@ -349,7 +351,7 @@ def teacher_entries(cfg: StudyConfig) -> dict[str, dict]:
                 tree: dict[str, Any] = {"checkpoint": str(path)}
                 identity = f"checkpoint:{path.resolve()}"
             else:
-                tree = _merge(
+                tree = merge_trees(
                     cfg.teacher_fit, _entry_tree(entry, sections, "teacher", set(TeacherConfig.model_fields))
                 )
                 for forbidden in ("data", "output"):
@@ -382,7 +384,7 @@ def safe_label(text: str, where: str) -> str:
     return label
 
 
-def settle_threads(cfg: StudyConfig) -> StudyConfig:
+def settle_study_threads(cfg: StudyConfig) -> StudyConfig:
     """The study with its runs' thread count settled: as given, else the count the study started
     with (recorded in its study.yaml), else every core of this machine."""
     if cfg.threads:

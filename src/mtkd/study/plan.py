@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mtkd.data.catalog import check_dataset
-from mtkd.engine.config import Section, TeacherFitConfig, TrainConfig, _merge
+from mtkd.engine.config import Section, TeacherFitConfig, TrainConfig, merge_trees
 from mtkd.errors import MtkdError
 from mtkd.methods import method_class, method_options
 from mtkd.models.zoo import check_pretrained, check_student
@@ -92,7 +92,7 @@ class Planner:
             # The students learn from the first; the others measure the teacher's seed-to-seed spread.
             seed = cfg.teacher_seed + k
             job_id = f"teachers/{label}" if k == 0 else f"teacher-seeds/{label}/seed{seed}"
-            full = _merge(tree, {"data": self.data, "output": {"dir": str(self.folder / job_id)}})
+            full = merge_trees(tree, {"data": self.data, "output": {"dir": str(self.folder / job_id)}})
             full = _fixed_threads(full, cfg.threads)
             full.setdefault("train", {})["seed"] = seed
             config = _validated(TeacherFitConfig, full, f"study teacher {label}")
@@ -131,7 +131,7 @@ class Planner:
         }  # fmt: skip
         if short:
             update["schedule"] = {"epochs": epochs}
-        full = _merge(self.students[student], update)
+        full = merge_trees(self.students[student], update)
         config = _validated(TrainConfig, _fixed_threads(full, self.cfg.threads), f"study student {student}")
         info = {"student": student, "method": method, "teachers": list(teachers), "seed": seed,
                 "epochs": epochs if short else full_epochs, "full_epochs": full_epochs, "stage": stage}  # fmt: skip

@@ -23,7 +23,7 @@ from mtkd.engine.signals import StopRequests
 from mtkd.errors import Interrupted, MtkdError
 from mtkd.io import atomic_write, file_lock, read_json, write_json
 from mtkd.study.answers import reading_of, unsettled_configs
-from mtkd.study.config import StudyConfig, settle_threads
+from mtkd.study.config import StudyConfig, settle_study_threads
 from mtkd.study.plan import Job, Planner, first_jobs, plan, search_strategy
 from mtkd.study.results import collect
 
@@ -103,7 +103,7 @@ def write_plan(cfg: StudyConfig, config_path: str, nproc: int = 1) -> list[str]:
     Submit each command as a job of its own (with torchrun options for several nodes), then
     `mtkd study CONFIG --report-only` collects the results into one report.
     """
-    cfg = settle_threads(cfg)
+    cfg = settle_study_threads(cfg)
     jobs, _, records = stages(cfg, plan(cfg), None)
     todo = [j for j in jobs if job_status(j) != "done"]
     stage: dict[str, int] = {}
@@ -380,7 +380,7 @@ def run_study(
     if nproc < 1:
         raise MtkdError(f"--nproc-per-run must be >= 1, got {nproc}")
     folder = Path(cfg.output)
-    cfg = settle_threads(cfg)
+    cfg = settle_study_threads(cfg)
     jobs = plan(cfg)  # every run's config is validated here, before anything runs
     if not run and not (folder / "study.yaml").is_file():
         raise MtkdError(f"{folder}: no study has run there (no study.yaml): nothing to report")

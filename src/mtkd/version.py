@@ -1,0 +1,3 @@
+"""mtkd's version, in a module of its own so that any layer can say it without importing the package root."""
+
+__version__ = "0.1.0"
