@@ -349,22 +349,24 @@ def _browser() -> str | None:
 
 
 @pytest.mark.skipif(_browser() is None, reason="no headless Chromium here (apt-get install -y chromium)")
-def test_report_renders_in_a_browser(study, tmp_path):
-    """report.html in headless Chromium: every image decodes, the answers are there once each,
-    and every table has rows."""
+@pytest.mark.parametrize("width", [1200, 500])  # 500: the narrowest window headless Chromium lays out
+def test_report_renders_in_a_browser(study, tmp_path, width):
+    """report.html in headless Chromium, on a desktop and a phone-width window: every image
+    decodes, the answers are there once each, every table has rows, and the page itself never
+    scrolls sideways (wide tables scroll inside their own box)."""
     _, out = study
     probe = """<script>window.addEventListener('load', () => {
       const imgs = [...document.images].map(i => i.complete && i.naturalWidth > 0);
       const tables = [...document.querySelectorAll('table')].map(t => t.tBodies[0].rows.length);
       const answers = [...document.querySelectorAll('p strong')].map(s => s.textContent);
       document.body.setAttribute('data-check', JSON.stringify({imgs, tables, answers,
-        width: document.documentElement.scrollWidth}));
+        width: document.documentElement.scrollWidth, viewport: window.innerWidth}));
     });</script></body>"""
     page = tmp_path / "report.html"
     page.write_text((out / "report.html").read_text().replace("</body>", probe))
     dom = subprocess.run(
         [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-         "--window-size=1200,900", "--dump-dom", page.as_uri()],
+         f"--window-size={width},900", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     import html as html_lib
@@ -378,6 +380,7 @@ def test_report_renders_in_a_browser(study, tmp_path):
     titles = [a for a in check["answers"] if a.startswith("Q")]
     assert titles == ["Q1. Does the student improve with transfer?", "Q2. Does the student beat its teacher?",
                       "Q3. Is one teacher enough?"]  # fmt: skip
+    assert check["viewport"] == width and check["width"] <= width, check  # no sideways scroll of the page
 
 
 def test_parallel_runs_get_gpus_of_their_own(monkeypatch, tmp_path):

@@ -232,11 +232,11 @@ def _inline(text: str) -> str:
     return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td{white-space:nowrap}td:first-child,th:first-child{text-align:left;white-space:normal}
 .wide{overflow-x:auto}img{max-width:100%}figure{margin:1.5em 0}
-figcaption{font-size:0.9em;color:#555}code,pre{background:#f6f6f6;padding:2px 4px}"""
+figcaption{font-size:0.9em;color:#555}code,pre{background:#f6f6f6;padding:2px 4px}pre{overflow-x:auto;white-space:pre-wrap}"""
 
 
 def to_html(blocks: list[Block], title: str) -> str:
