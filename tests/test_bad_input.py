@@ -443,9 +443,13 @@ def test_cli_options_out_of_range(student_run, tmp_path, capsys, args, message):
 def test_study_judgement_calls_are_refused_before_anything_runs(
     student_run, tmp_path, capsys, yaml_text, message
 ):
+    _study_refused(tmp_path, capsys, yaml_text.replace("STUDENT", str(student_run)), message)
+
+
+def _study_refused(tmp_path, capsys, yaml_text: str, message: str) -> None:
+    """`mtkd study` on a digits study with `yaml_text` added: one line with `message`, no folder."""
     spec = tmp_path / "s.yaml"
-    spec.write_text(f"name: s\noutput: {tmp_path / 'out'}\ndata: {{name: digits}}\n"
-                    + yaml_text.replace("STUDENT", str(student_run)) + "\n")  # fmt: skip
+    spec.write_text(f"name: s\noutput: {tmp_path / 'out'}\ndata: {{name: digits}}\n{yaml_text}\n")
     code, _, err = run_cli(["study", spec], capsys)
     assert message in _one_line(code, err)
     assert not (tmp_path / "out").exists()
@@ -520,8 +524,4 @@ def test_a_teacher_module_that_is_not_a_module_is_refused():
     ],
 )
 def test_labels_that_become_folders_are_not_paths(tmp_path, capsys, yaml_text, message):
-    spec = tmp_path / "s.yaml"
-    spec.write_text(f"name: s\noutput: {tmp_path / 'out'}\ndata: {{name: digits}}\n{yaml_text}\n")
-    code, _, err = run_cli(["study", spec], capsys)
-    assert message in _one_line(code, err)
-    assert not (tmp_path / "out").exists()
+    _study_refused(tmp_path, capsys, yaml_text, message)

@@ -119,6 +119,14 @@ def test_hint_and_camkd_train_from_cached_maps(digits_teacher, tmp_path, capsys)
     assert any(sorted(c.get("maps", [])) == ["body", "body.features.6"] for c in caches)
 
 
+def _cache_build(teacher, views: int, seed: int):
+    """(digits, build_cache's arguments) for the teacher's cache of `views` views."""
+    ds = load_dataset("digits")
+    t = load_teachers([str(teacher)], ds, torch.device("cpu"))[0]
+    spec = CacheSpec(views=views, padding=2, hflip=True, seed=seed, dtype="float32", with_logits=True)
+    return ds, (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
+
+
 def _killed_after_chunks(monkeypatch, module, n: int):
     """A kill right after the build records its n-th chunk (progress.json); returns the real writer."""
     calls = {"n": 0}
@@ -138,10 +146,7 @@ def _killed_after_chunks(monkeypatch, module, n: int):
 def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, monkeypatch):
     from mtkd.cache import teacher_cache
 
-    ds = load_dataset("digits")
-    t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
-    spec = CacheSpec(views=3, padding=2, hflip=True, seed=9, dtype="float32", with_logits=True)
-    args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
+    ds, args = _cache_build(digits_teacher, views=3, seed=9)
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
     original = _killed_after_chunks(monkeypatch, teacher_cache, 2)
     with pytest.raises(KeyboardInterrupt):
@@ -162,10 +167,7 @@ def test_a_cache_build_whose_rows_were_lost_after_their_record_computes_them_aga
     equals a fresh build's, bit for bit."""
     from mtkd.cache import teacher_cache
 
-    ds = load_dataset("digits")
-    t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]
-    spec = CacheSpec(views=2, padding=2, hflip=True, seed=4, dtype="float32", with_logits=True)
-    args = (t.net, t.sha, TeacherImages(ds.train.images, ds.train.labels), spec, torch.device("cpu"), "t")
+    ds, args = _cache_build(digits_teacher, views=2, seed=4)
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
     original = _killed_after_chunks(monkeypatch, teacher_cache, 3)
     before = set(cache_dir().glob("teachers/*/progress.json"))

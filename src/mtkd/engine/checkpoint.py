@@ -195,9 +195,7 @@ def check_meta(meta: Any, where: str) -> dict:
     try:
         _Meta.model_validate(meta)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise MtkdError(f"{where} is not a valid mtkd checkpoint: '{key}' {first['msg'].lower()}") from None
+        raise MtkdError(f"{where} is not a valid mtkd checkpoint: {_first_problem(err)}") from None
     if meta["model"].get("num_classes") not in (None, len(meta["data"]["classes"])):
         raise MtkdError(
             f"{where} is not a valid mtkd checkpoint: model.num_classes differs from data.classes"
@@ -226,24 +224,27 @@ def read_summary(path: str | Path, default: Any = ...) -> Any:
     """A finished run's summary.json, checked (keys, types, ranges) before it is used. A damaged
     or hand-edited one: one line naming it; with `default` (a study, which finishes the run again
     to rebuild it), `default` when absent or damaged."""
-    path = Path(path)
-    if default is not ... and not path.is_file():
-        return default
-    summary = read_json(path) if default is ... else read_json(path, default=default)
-    if default is not ... and summary is default:
+    lenient = default is not ...
+    summary = read_json(path, default=default) if lenient else read_json(path)
+    if lenient and summary is default:
         return default
     try:
         _Summary.model_validate(summary)
     except ValidationError as err:
-        if default is not ...:
+        if lenient:
             say(f"{path} is damaged; rebuilding it")
             return default
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(the file)"
         raise MtkdError(
-            f"{path} is damaged: '{key}' {first['msg'].lower()}; delete that run folder to run it again"
+            f"{path} is damaged: {_first_problem(err)}; delete that run folder to run it again"
         ) from None
     return summary
+
+
+def _first_problem(err: ValidationError) -> str:
+    """pydantic's first complaint as "'key.path' what is wrong"."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(the file)"
+    return f"'{key}' {first['msg'].lower()}"
 
 
 def read_meta(path: str | Path) -> dict:
