@@ -43,16 +43,14 @@ def _dataset(name: str, images: int):  # noqa: ANN202
 
 
 def _teachers(k: int, num_classes: int) -> list:
-    from mtkd.engine.transfer import Teacher
-    from mtkd.models.teachers import TeacherNet, TeacherSpec
+    from mtkd.teachers import Teacher
+    from mtkd.teachers.nets import TeacherNet, TeacherSpec
 
     out = []
     for name in TEACHERS[:k]:
         torch.manual_seed(0)
         net = TeacherNet(TeacherSpec(name, input_size=96, head="gap", num_classes=num_classes)).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        out.append(Teacher(name, net, f"bench-{name}", True))
+        out.append(Teacher(name, net, True))
     return out
 
 
@@ -82,7 +80,7 @@ def child(args: argparse.Namespace) -> None:
     from mtkd.data.batches import Normalize
     from mtkd.engine.builders import ImageTransform
     from mtkd.engine.trainer import FitData, Trainer, classifier_task
-    from mtkd.engine.transfer import build_methods, transfer_task
+    from mtkd.engine.transfer import build_methods, prepare_teachers, transfer_task
     from mtkd.models.adapters import OutputsView
     from mtkd.models.zoo import create_student
 
@@ -105,6 +103,7 @@ def child(args: argparse.Namespace) -> None:
     normalize = Normalize(ds.mean, ds.std)
     if teachers:
         view = OutputsView(student)
+        prepare_teachers(teachers, methods, ds, cfg, ds.hflip, dev)
         task = transfer_task(student, view, methods, teachers, ds, normalize, cfg, ds.hflip, dev)
     else:
         augment = Augment(padding=cfg.train.crop_padding, hflip=ds.hflip)
@@ -128,9 +127,9 @@ def child(args: argparse.Namespace) -> None:
 
 def build_caches(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Build the 4 caches; for each: (teacher, cache build img/s, bare forward img/s on the same images)."""
-    from mtkd.cache.teacher_cache import CHUNK, CacheSpec, TeacherImages, build_cache, view_params
     from mtkd.data.augment import Augment
     from mtkd.data.batches import batch_indices
+    from mtkd.teachers.cache import CHUNK, CacheSpec, TeacherImages, build_cache, view_params
 
     ds = _dataset(args.dataset, args.images)
     images = ds.train.images

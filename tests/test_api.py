@@ -14,11 +14,12 @@ from torch.utils.data import TensorDataset
 
 import mtkd
 from mtkd.api import _overrides
-from mtkd.cache.teacher_cache import teacher_identity
 from mtkd.data import from_tensors, from_torch
 from mtkd.engine.config import TrainConfig
-from mtkd.models.adapters import ModuleTeacher, OutputsView
+from mtkd.models.adapters import OutputsView
 from mtkd.registry import Registry
+from mtkd.teachers import ModuleTeacher
+from mtkd.teachers.cache import teacher_identity
 
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,8 +294,8 @@ def _wandb_history(folder) -> list[dict]:
 
 def test_a_teacher_by_name_takes_its_own_input_size():
     from mtkd.data import load_dataset
+    from mtkd.engine.builders import load_teachers
     from mtkd.engine.config import TeacherRef, build_config
-    from mtkd.engine.transfer import load_teachers
 
     ds = load_dataset("digits")
     cfg = build_config(

@@ -10,6 +10,7 @@ import torch
 
 from mtkd.data import load_dataset
 from mtkd.data.batches import Normalize, fetched
+from mtkd.engine.builders import load_teachers
 from mtkd.engine.config import (
     LoopConfig,
     OptimConfig,
@@ -20,7 +21,7 @@ from mtkd.engine.config import (
 )
 from mtkd.engine.readings import Readings
 from mtkd.engine.trainer import FitData, Trainer
-from mtkd.engine.transfer import build_methods, load_teachers, transfer_task
+from mtkd.engine.transfer import build_methods, prepare_teachers, transfer_task
 from mtkd.models.adapters import OutputsView
 from mtkd.models.pretrained import OFFLINE_WEIGHTS
 from mtkd.models.zoo import create_student
@@ -50,6 +51,7 @@ def _trainer(tmp_path, methods, mode, teacher):
     teachers = load_teachers(cfg.transfer.teachers, ds, CPU)
     built = build_methods(cfg, student.num_features, teachers, 10)
     # Caches are built on the CPU (meta tensors cannot compute them), then the step moves to meta.
+    prepare_teachers(teachers, built, ds, cfg, True, CPU)
     task = transfer_task(student, OutputsView(student), built, teachers, ds, Normalize(ds.mean, ds.std), cfg,
                          True, CPU)  # fmt: skip
     task.trainable.to(META)

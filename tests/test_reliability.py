@@ -143,9 +143,9 @@ def test_two_builders_of_one_cache_build_it_once(tmp_path, monkeypatch, capsys):
 
     import numpy as np
 
-    from mtkd.cache.teacher_cache import CacheSpec, TeacherImages, build_cache
     from mtkd.data import load_dataset
-    from mtkd.models.teachers import TeacherNet, TeacherSpec
+    from mtkd.teachers.cache import CacheSpec, TeacherImages, build_cache
+    from mtkd.teachers.nets import TeacherNet, TeacherSpec
 
     monkeypatch.setenv("MTKD_HOME", str(tmp_path / "home"))
     ds = load_dataset("digits")

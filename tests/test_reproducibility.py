@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from mtkd.engine.device import default_threads
+from mtkd.device import default_threads
 
 RUN = ["train", "--dataset", "digits", "--model", "cnn_small", "--epochs", "2", "--batch-size", "64",
        "--set", "output.tensorboard=false", "--set", "output.progress=false"]  # fmt: skip
@@ -45,3 +45,21 @@ def test_resume_keeps_the_threads_of_the_run(tmp_path, capsys):
     code, _, err = run_cli([*RUN, "--out", run, "--resume"], capsys)  # no count given: the run's own
     assert code == 0, err
     assert json.loads((run / "best.json").read_text())["config"]["train"]["threads"] == 2
+
+
+def test_a_setting_is_settled_as_asked_else_as_saved_else_the_default():
+    import pytest
+
+    from mtkd.engine.config import settled
+    from mtkd.errors import MtkdError
+
+    default = lambda: 7  # noqa: E731
+    assert settled(None, None, default) == 7
+    assert settled(None, 3, default) == 3
+    assert settled(2, None, default) == 2
+    assert settled(2, 3, default) == 2  # without refuse, what is asked wins (a study's threads)
+    assert settled("auto", "fp16", lambda: "fp32", unset="auto") == "fp16"
+    assert settled("auto", None, lambda: "fp32", unset="auto") == "fp32"
+    assert settled(3, 3, default, refuse=lambda s: "no") == 3
+    with pytest.raises(MtkdError, match="^saved 3$"):
+        settled(2, 3, default, refuse=lambda s: f"saved {s}")

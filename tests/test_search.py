@@ -5,7 +5,7 @@ A pool of 10 candidates. With no true difference anywhere, a false "Yes" (Q1: tr
 Q2: the student beats its teacher, Q3: a combination beats the best single teacher) stays at or
 below alpha, although the search picked the best of many configurations on validation: the
 answers come from fresh seeds only. With one candidate 1 point better wherever it is in the set,
-the search finds a set holding it in at least 80% of studies at the README's budget.
+the search finds a set holding it in at least 80% of studies at the study page's budget (docs/study.md).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _quiet(monkeypatch):
     monkeypatch.setattr(runner, "say", lambda *a, **k: None)
 
 
-# The budget the README names for a pool of 10 with max_teachers 3 (the grid: 175 sets).
+# The budget the study page (docs/study.md) names for a pool of 10 with max_teachers 3 (the grid: 175 sets).
 BUDGET = 20
 
 

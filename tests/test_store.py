@@ -141,9 +141,9 @@ def test_a_teacher_is_shown_the_original_files_at_its_input_size(tmp_path, caplo
     import torch.nn.functional as F
 
     import mtkd
-    from mtkd.cache.teacher_cache import CacheSpec, build_cache, teacher_identity, teacher_images, view_params
     from mtkd.data.augment import Augment
-    from mtkd.models.teachers import TeacherNet, TeacherSpec
+    from mtkd.teachers.cache import CacheSpec, build_cache, teacher_identity, teacher_images, view_params
+    from mtkd.teachers.nets import TeacherNet, TeacherSpec
 
     root = _folder(tmp_path / "data", per_class=40, size=40)  # 40x42 photos, a store at 12x12
     ds = load_dataset(f"folder:{root}", image_size=12)

@@ -10,17 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from mtkd.cache.teacher_cache import CacheSpec, TeacherImages, _load, build_cache, images_for, view_params
 from mtkd.data import load_dataset
 from mtkd.data.augment import Augment
 from mtkd.data.batches import Normalize
+from mtkd.engine.builders import load_teachers
 from mtkd.engine.config import TrainConfig, build_config
-from mtkd.engine.transfer import build_methods, load_teachers, transfer_task
+from mtkd.engine.transfer import build_methods, prepare_teachers, transfer_task
 from mtkd.io import cache_dir
 from mtkd.methods.base import Step
 from mtkd.models.adapters import OutputsView
 from mtkd.models.pretrained import OFFLINE_WEIGHTS
 from mtkd.models.zoo import create_student
+from mtkd.teachers.cache import CacheSpec, TeacherImages, _load, build_cache, images_for, view_params
 
 pytestmark = pytest.mark.skipif(
     OFFLINE_WEIGHTS["mobilenet_v2"].path() is None, reason="offline MobileNetV2 needed"
@@ -57,6 +58,7 @@ def _first_batch_terms(teacher_dir, mode, dtype):
     teachers = load_teachers(cfg.transfer.teachers, ds, dev)
     methods = build_methods(cfg, student.num_features, teachers, 10)
     view = OutputsView(student)
+    prepare_teachers(teachers, methods, ds, cfg, False, dev)
     task = transfer_task(student, view, methods, teachers, ds, Normalize(ds.mean, ds.std), cfg, False, dev)
     index = torch.arange(32)
     drawn = torch.ones(len(index), dtype=torch.long)
@@ -144,7 +146,7 @@ def _killed_after_chunks(monkeypatch, module, n: int):
 
 
 def test_an_interrupted_cache_build_resumes_to_the_same_cache(digits_teacher, monkeypatch):
-    from mtkd.cache import teacher_cache
+    from mtkd.teachers import cache as teacher_cache
 
     ds, args = _cache_build(digits_teacher, views=3, seed=9)
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
@@ -165,7 +167,7 @@ def test_a_cache_build_whose_rows_were_lost_after_their_record_computes_them_aga
     """A lost page cache: progress.json records 3 chunks, the second and third are zeros in the
     files. The resume checks each recorded chunk, keeps the first and computes the rest: the cache
     equals a fresh build's, bit for bit."""
-    from mtkd.cache import teacher_cache
+    from mtkd.teachers import cache as teacher_cache
 
     ds, args = _cache_build(digits_teacher, views=2, seed=4)
     monkeypatch.setattr(teacher_cache, "CHUNK", 200)
@@ -194,8 +196,8 @@ def test_a_cache_build_whose_rows_were_lost_after_their_record_computes_them_aga
 def test_a_teacher_is_cached_under_its_content_never_its_name(digits_teacher, tmp_path):
     """Same architecture and weights: one key, however loaded; one changed weight, another input
     size or another thread count: another cache."""
-    from mtkd.cache.teacher_cache import cache_key, computed_by, teacher_identity
-    from mtkd.models.teachers import TeacherNet, TeacherSpec
+    from mtkd.teachers.cache import cache_key, computed_by, teacher_identity
+    from mtkd.teachers.nets import TeacherNet, TeacherSpec
 
     ds = load_dataset("digits")
     (t,) = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))
@@ -231,7 +233,7 @@ def test_view_0_comes_from_the_probe_fits_features_with_the_same_bits(digits_tea
     """The probe fit cached the clean training images' pooled features under the backbone; a
     student's teacher cache takes view 0 from them (only view 1 goes through the backbone) and
     holds the same bits as a cache computed from the images."""
-    from mtkd.cache import teacher_cache
+    from mtkd.teachers import cache as teacher_cache
 
     ds = load_dataset("digits")
     t = load_teachers([str(digits_teacher)], ds, torch.device("cpu"))[0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtkd.models.pretrained import OFFLINE_WEIGHTS, read_state_dict, rename_in_order
-from mtkd.models.teachers import TeacherNet, TeacherSpec
+from mtkd.teachers.nets import TeacherNet, TeacherSpec
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -19,11 +19,11 @@ from mtkd.version import __version__
 _LAZY = {
     "fit_teacher": "mtkd.api", "train": "mtkd.api", "study": "mtkd.api", "evaluate": "mtkd.api",
     "load_student": "mtkd.api", "Run": "mtkd.api",
-    "ModuleTeacher": "mtkd.models.adapters", "register_teacher": "mtkd.models.adapters",
+    "ModuleTeacher": "mtkd.teachers.modules", "register_teacher": "mtkd.teachers.modules",
     "register_student": "mtkd.models.students", "create_student": "mtkd.models.zoo",
     "register_method": "mtkd.methods", "register_dataset": "mtkd.data",
 }  # fmt: skip
-_SUBMODULES = {"data", "methods", "models", "engine", "study", "cache"}
+_SUBMODULES = {"data", "methods", "models", "teachers", "engine", "study"}
 
 __all__ = [
     "ModuleTeacher", "MtkdError", "Run", "__version__", "create_student", "evaluate", "fit_teacher",
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     from mtkd.api import Run, evaluate, fit_teacher, load_student, study, train
     from mtkd.data import register_dataset
     from mtkd.methods import register_method
-    from mtkd.models.adapters import ModuleTeacher, register_teacher
     from mtkd.models.students import register_student
     from mtkd.models.zoo import create_student
+    from mtkd.teachers.modules import ModuleTeacher, register_teacher
 
 
 def __getattr__(name: str) -> Any:

@@ -36,6 +36,7 @@ from mtkd.engine.config import (
 from mtkd.engine.evaluate import evaluate_checkpoint
 from mtkd.engine.run import Given, run_teacher_fit, run_train
 from mtkd.errors import MtkdError
+from mtkd.errors import check_type as _check
 
 
 @dataclass(frozen=True)
@@ -118,19 +119,13 @@ def _data(data: Any, options: dict) -> Any:
     return data
 
 
-def _check(value: Any, kinds: tuple, what: str, expected: str) -> None:
-    """A wrong type in one line (a bool is not a number here)."""
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise MtkdError(f"{what} must be {expected}, got {type(value).__name__} ({value!r:.60})")
-
-
 _CONFIG = (str, os.PathLike, Mapping, type(None))
 _CONFIG_TEXT = "a YAML path or a mapping"
 
 
 def _device(device: Any) -> torch.device:
     """A device name ('auto', 'cpu', 'cuda', 'cuda:1', 'mps') or torch.device, checked in one line."""
-    from mtkd.engine.device import pick_device
+    from mtkd.device import pick_device
 
     _check(device, (str, torch.device), "device", "a device name such as 'cpu' or 'cuda' (or a torch.device)")
     return pick_device(device)
@@ -233,17 +228,9 @@ def study(
 ) -> dict:
     """Run (or finish) a study and write its report (`mtkd study`); returns the report's answers.
     `config`: a study YAML or a mapping of the same shape; options are study keys (`output=`, `seeds=`)."""
-    from mtkd.study.config import StudyConfig, load_study_config
-    from mtkd.study.runner import run_study
+    from mtkd.study.runner import study_from
 
-    _check(config, _CONFIG[:-1], "the study's config", _CONFIG_TEXT)
-    _check(jobs, (int,), "jobs", "a whole number >= 1")
-    _check(report_only, (bool,), "report_only", "True or False")
-    if isinstance(config, (str, os.PathLike)):
-        cfg = load_study_config(config, overrides=options)
-    else:
-        cfg = build_config(StudyConfig, overrides=options, mapping=dict(config))
-    return run_study(cfg, workers=jobs, report=True, run=not report_only)
+    return study_from(config, jobs=jobs, report_only=report_only, **options)
 
 
 def evaluate(

@@ -24,6 +24,12 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def check_type(value: object, kinds: tuple, what: str, expected: str) -> None:
+    """A wrong type from Python in one line (a bool is not a number here)."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise MtkdError(f"{what} must be {expected}, got {type(value).__name__} ({value!r:.60})")
+
+
 class Interrupted(MtkdError):
     """SIGINT or SIGTERM stopped the work after saving it; the exit status is 128 + the signal."""
 

@@ -88,7 +88,8 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from mtkd.models.catalog import describe_students, describe_teachers
+    from mtkd.models.catalog import describe_students
+    from mtkd.teachers.catalog import describe_teachers
 
     teachers = Table(title="teachers: ImageNet-pretrained (any timm or torchvision classifier by name)")
     for col in ("name", "library", "params", "input", "weights", "offline"):

@@ -1,21 +1,24 @@
-"""Batch transforms and models rebuilt from checkpoint metadata."""
+"""Batch transforms, models rebuilt from checkpoint metadata, and a run's teachers from its config."""
 
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from mtkd.data.augment import Augment, Drawn
+from mtkd.data.base import Dataset
 from mtkd.data.batches import Normalize
 from mtkd.engine.checkpoint import load_weights, read_meta
-from mtkd.engine.config import LoopConfig
+from mtkd.engine.config import LoopConfig, TeacherRef
 from mtkd.engine.trainer import Transform
 from mtkd.errors import MtkdError
-from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student
+from mtkd.teachers import ModuleTeacher, Teacher, TeacherNet, TeacherSpec
+from mtkd.teachers.modules import as_teacher, plugin_teacher
 
 
 def augment_of(loop: LoopConfig, hflip: bool, mean: list[float]) -> Augment:
@@ -118,3 +121,66 @@ def load_deployable(
     data = meta["data"]
     wrapped = Normalised(net, data["mean"] if student else None, data["std"] if student else None)
     return wrapped.to(device).eval(), meta
+
+
+def _checkpoint_teacher(path: str, dataset: Dataset, device: torch.device) -> Teacher:
+    net, meta, _ = load_model(path, device)
+    if meta["kind"] != "teacher":
+        raise MtkdError(f"{path} is a {meta['kind']} checkpoint, not a teacher")
+    if meta["data"]["classes"] != dataset.classes:
+        raise MtkdError(f"teacher {path} was adapted to other classes than {dataset.name}'s")
+    if meta["data"]["channels"] != dataset.channels:
+        kinds = {1: "grey", 3: "colour"}
+        raise MtkdError(
+            f"teacher {path} was adapted to {kinds.get(meta['data']['channels'])} images and "
+            f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
+        )
+    # A teacher fine-tuned on the run's small copies is shown them later too; a probe, the files.
+    return Teacher(path, net, True, meta["model"].get("inputs") == "files")
+
+
+def _module_teacher(net: ModuleTeacher, name: str, dataset: Dataset, device: torch.device) -> Teacher:
+    net = net.to(device).eval()
+    net.bind(dataset.channels, dataset.image_size)
+    return Teacher(name, net, net.num_outputs == dataset.num_classes, net.input_size is not None)
+
+
+def load_teachers(
+    entries: list[str | TeacherRef | nn.Module], dataset: Dataset, device: torch.device
+) -> list[Teacher]:
+    """A run's teachers (not yet prepared): run folders of `mtkd teacher fit`, plugin teachers,
+    ImageNet models by name (with their input size and weights), and modules given from Python."""
+    teachers = []
+    for entry in entries:
+        if isinstance(entry, nn.Module):
+            net = as_teacher(entry, type(entry).__name__)
+            teacher = _module_teacher(net, net.name, dataset, device)
+            teacher.recorded = f"python:{net.name}@{teacher.sha[:16]}"
+            teachers.append(teacher)
+            continue
+        ref = entry if isinstance(entry, TeacherRef) else TeacherRef(name=entry)
+        name = ref.name
+        if name.startswith("python:"):
+            raise MtkdError(
+                f"teacher '{name}' was given as a Python module: pass the module again (mtkd.train(teachers=[...])), "
+                "or register it by name (a mtkd.teachers plugin)"
+            )
+        if Path(name).exists():
+            if ref.input_size is not None or ref.pretrained != "auto":
+                raise MtkdError(
+                    f"teacher {name}: an adapted teacher keeps the input size and weights it was fitted with"
+                )
+            teachers.append(_checkpoint_teacher(name, dataset, device))
+        elif (module := plugin_teacher(name)) is not None:
+            if ref.input_size is not None:
+                module.input_size = ref.input_size
+            teachers.append(_module_teacher(module, name, dataset, device))
+        elif "/" in name.removeprefix("timm:").removeprefix("torchvision:") or name.endswith(".json"):
+            raise MtkdError(f"teacher checkpoint not found: {name}")
+        else:
+            spec = TeacherSpec(name, pretrained=ref.pretrained, input_size=ref.input_size, head="imagenet")
+            teachers.append(Teacher(name, TeacherNet(spec).to(device).eval(), False, True))
+        teachers[-1].recorded = (
+            entry if isinstance(entry, str) else ref.model_dump(mode="json", exclude_defaults=True)
+        )
+    return teachers

@@ -8,8 +8,9 @@ an unknown key or a bad value raises MtkdError naming the key and what is allowe
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -388,6 +389,25 @@ def build_config(
         return model.model_validate(tree)
     except ValidationError as err:
         raise MtkdError(format_error(model, err)) from None
+
+
+V = TypeVar("V")
+
+
+def settled(
+    asked: V | None, saved: V | None, default: Callable[[], V], unset: Any = None,
+    refuse: Callable[[V], str] | None = None,
+) -> V:  # fmt: skip
+    """A setting that decides a run's bits, settled once: as asked, else as saved with the run or
+    study being continued, else `default()`. `unset` is the value that means "not asked" (None,
+    "auto"). With `refuse`, asking for another value than the saved one is an error whose line
+    `refuse(saved)` gives; without, what is asked wins."""
+    asked = None if asked == unset else asked
+    if refuse is not None and asked is not None and saved is not None and asked != saved:
+        raise MtkdError(refuse(saved))
+    if asked is not None:
+        return asked
+    return saved if saved is not None else default()
 
 
 def to_yaml(config: BaseModel) -> str:

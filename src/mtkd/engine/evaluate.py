@@ -9,16 +9,16 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mtkd.cache.teacher_cache import teacher_images
 from mtkd.data import DATASETS, as_dataset
 from mtkd.data.images import image_to_tensor, open_image
+from mtkd.device import pick_device
 from mtkd.engine.builders import load_model
 from mtkd.engine.config import DataConfig
-from mtkd.engine.device import pick_device
 from mtkd.engine.run import open_dataset
 from mtkd.engine.trainer import predict
 from mtkd.errors import MtkdError
 from mtkd.io import write_json
+from mtkd.teachers.cache import teacher_images
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:

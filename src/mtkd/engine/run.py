@@ -16,33 +16,33 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from mtkd.cache.teacher_cache import TeacherImages, clean_features, teacher_images
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, as_dataset, load_dataset
 from mtkd.data.base import ImageSet
 from mtkd.data.batches import Normalize, row_slices
 from mtkd.data.catalog import plugin_named
 from mtkd.data.convert import PYTHON_DATA
-from mtkd.dist import Dist, setup
-from mtkd.engine.builders import ImageTransform, augment_of
-from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
-from mtkd.engine.config import DataConfig, TeacherFitConfig, TeacherRef, TrainConfig, to_yaml
-from mtkd.engine.device import (
+from mtkd.device import (
     compute_threads,
     default_threads,
     pick_device,
     precision_name,
     resolve_precision,
 )
+from mtkd.dist import Dist, setup
+from mtkd.engine.builders import ImageTransform, augment_of, load_teachers
+from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
+from mtkd.engine.config import DataConfig, TeacherFitConfig, TeacherRef, TrainConfig, settled, to_yaml
 from mtkd.engine.trackers import check_trackers
 from mtkd.engine.trainer import FitData, Identity, Trainer, classifier_task
-from mtkd.engine.transfer import build_methods, load_teachers, transfer_task
+from mtkd.engine.transfer import build_methods, prepare_teachers, transfer_task
 from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, file_lock, write_json
 from mtkd.models.adapters import OutputsView
 from mtkd.models.cost import count_macs, count_params
-from mtkd.models.teachers import TeacherNet, TeacherSpec
 from mtkd.models.zoo import create_student, registered_name
+from mtkd.teachers.cache import TeacherImages, clean_features, teacher_images
+from mtkd.teachers.nets import TeacherNet, TeacherSpec
 
 C = TypeVar("C", TrainConfig, TeacherFitConfig)
 
@@ -149,20 +149,25 @@ def _claim(cfg: TrainConfig | TeacherFitConfig, resume: bool, place: Dist, stack
         atomic_write(folder / "config.yaml", to_yaml(cfg))
 
 
+def _saved_train(cfg: C, resume: bool, key: str) -> Any:
+    """The `train.<key>` a resumed run was started with (None for a new run or an unset key)."""
+    last = Path(cfg.output.dir) / "last.json"
+    if not (resume and last.is_file()):
+        return None
+    return ((read_meta(last).get("config") or {}).get("train") or {}).get(key)
+
+
 def settle_threads(cfg: C, resume: bool) -> C:
     """The config with the run's compute-thread count settled: as asked, else (on resume) the count
     the run was started with, else `default_threads()`. It is recorded with the run and restored on
     resume, since it decides the last bits of the results."""
-    asked, saved = cfg.train.threads, None
-    last = Path(cfg.output.dir) / "last.json"
-    if resume and last.is_file():
-        saved = ((read_meta(last).get("config") or {}).get("train") or {}).get("threads")
-    if asked and saved and asked != saved:
-        raise MtkdError(
+    threads = settled(
+        cfg.train.threads, _saved_train(cfg, resume, "threads") or None, default_threads,
+        refuse=lambda saved: (
             f"cannot resume {cfg.output.dir}: it was trained with train.threads={saved} (the thread count "
             f"is part of a run's results); leave train.threads out, or set it to {saved}"
-        )
-    threads = asked or saved or default_threads()
+        ),
+    )  # fmt: skip
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
 
 
@@ -171,23 +176,19 @@ def settle_precision(cfg: C, resume: bool, device: torch.device) -> C:
     fp16 on a GPU, fp32 on the CPU) and recorded with the run; on resume, the precision the run
     was started with, whatever the device now: it decides the results, and fp16's loss-scaler
     state goes with it. One that this device cannot run is refused in one line."""
-    asked, saved = cfg.train.precision, None
-    last = Path(cfg.output.dir) / "last.json"
-    if resume and last.is_file():
-        saved = ((read_meta(last).get("config") or {}).get("train") or {}).get("precision")
-    if saved not in (None, "auto"):
-        if asked not in ("auto", saved):
-            raise MtkdError(
-                f"cannot resume {cfg.output.dir}: it was trained with train.precision={saved} (the precision "
-                f"is part of a run's results); leave train.precision out, or set it to {saved}"
-            )
-        if saved == "fp16" and device.type != "cuda":
-            raise MtkdError(
-                f"cannot resume {cfg.output.dir} on {device.type}: it was trained in fp16 on a GPU; resume it on one"
-            )
-        precision = saved
-    else:
-        precision = precision_name(asked, device)
+    saved = _saved_train(cfg, resume, "precision")
+    saved = None if saved == "auto" else saved
+    precision = settled(
+        cfg.train.precision, saved, lambda: precision_name(cfg.train.precision, device), unset="auto",
+        refuse=lambda saved: (
+            f"cannot resume {cfg.output.dir}: it was trained with train.precision={saved} (the precision "
+            f"is part of a run's results); leave train.precision out, or set it to {saved}"
+        ),
+    )  # fmt: skip
+    if saved == "fp16" and device.type != "cuda":
+        raise MtkdError(
+            f"cannot resume {cfg.output.dir} on {device.type}: it was trained in fp16 on a GPU; resume it on one"
+        )
     resolve_precision(precision, device)  # an impossible precision stops here, before any file
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
@@ -316,7 +317,8 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
     hflip = _hflip(cfg.train.hflip, dataset)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
     if teachers:
-        task = transfer_task(student, view, methods, teachers, dataset, normalize, cfg, hflip, device, place)
+        prepare_teachers(teachers, methods, dataset, cfg, hflip, device, place)  # caches found or built
+        task = transfer_task(student, view, methods, teachers, dataset, normalize, cfg, hflip, device)
     else:
         transform = ImageTransform(normalize, augment_of(cfg.train, hflip, dataset.mean), dataset.image_size)
         params = [p for p in student.parameters() if p.requires_grad]

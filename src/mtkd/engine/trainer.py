@@ -23,10 +23,10 @@ from torch import nn
 from mtkd.console import make_progress, say
 from mtkd.data.base import Images
 from mtkd.data.batches import batch_indices, epoch_generator, fetched, row_slices
+from mtkd.device import resident, resolve_precision, use_channels_last
 from mtkd.dist import SINGLE, Dist, wrap
 from mtkd.engine.checkpoint import load_train_state, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import LoopConfig, OptimConfig, OutputConfig, ScheduleConfig, config_difference
-from mtkd.engine.device import resident, resolve_precision, use_channels_last
 from mtkd.engine.logger import MetricsLog
 from mtkd.engine.readings import Readings, read_interval
 from mtkd.engine.signals import StopRequests
@@ -158,10 +158,7 @@ class Task:
     saved: nn.Module
     groups: list[dict]
     extra: nn.Module | None = None
-
-    @property
-    def may_skip_parameters(self) -> bool:
-        return bool(getattr(self.loss, "may_skip_parameters", False))
+    may_skip_parameters: bool = False  # some trained parts get no gradient in some steps (DDP's find_unused)
 
 
 def classifier_task(

@@ -7,117 +7,24 @@ from the cache (`cached`) or from the teachers run on the spot (`online`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtkd.cache.teacher_cache import (
-    CacheSpec,
-    TeacherCache,
-    build_cache,
-    images_for,
-    teacher_identity,
-    teacher_images,
-    view_params,
-)
 from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
-from mtkd.engine.builders import ImageTransform, augment_of, load_model
-from mtkd.engine.config import TeacherRef, TrainConfig
-from mtkd.engine.device import fits_on
+from mtkd.engine.builders import ImageTransform, augment_of
+from mtkd.engine.config import TrainConfig
 from mtkd.engine.trainer import Task, mixed
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
-from mtkd.methods.base import FINAL_MAP, Step, method_class
-from mtkd.models.adapters import ModuleTeacher, OutputsView, as_teacher, plugin_teacher
+from mtkd.methods.base import Step, method_class
+from mtkd.models.adapters import OutputsView
 from mtkd.models.hooks import FeatureHooks
-from mtkd.models.teachers import TeacherNet, TeacherSpec
-
-
-@dataclass
-class Teacher:
-    name: str
-    net: TeacherNet | ModuleTeacher
-    sha: str  # identifies its content: architecture, preprocessing, weights (for the cache key)
-    has_logits: bool  # adapted to the dataset's classes
-    # Shown an image folder's original files at its input size (for its cache), not the run's small
-    # copies: ImageNet teachers and probe-adapted ones; not those fine-tuned on the small copies.
-    reads_files: bool = False
-    cache: TeacherCache | None = None
-    # How the run's config records it: as given, or a module given from Python by class and content.
-    recorded: str | dict | None = None
-
-
-def _checkpoint_teacher(path: str, dataset: Dataset, device: torch.device) -> Teacher:
-    net, meta, _ = load_model(path, device)
-    if meta["kind"] != "teacher":
-        raise MtkdError(f"{path} is a {meta['kind']} checkpoint, not a teacher")
-    if meta["data"]["classes"] != dataset.classes:
-        raise MtkdError(f"teacher {path} was adapted to other classes than {dataset.name}'s")
-    if meta["data"]["channels"] != dataset.channels:
-        kinds = {1: "grey", 3: "colour"}
-        raise MtkdError(
-            f"teacher {path} was adapted to {kinds.get(meta['data']['channels'])} images and "
-            f"{dataset.name} has {kinds.get(dataset.channels)} ones: adapt it on this dataset"
-        )
-    return Teacher(path, net, teacher_identity(net), True, meta["model"].get("inputs") == "files")
-
-
-def _module_teacher(net: ModuleTeacher, name: str, dataset: Dataset, device: torch.device) -> Teacher:
-    net = net.to(device).eval()
-    net.bind(dataset.channels, dataset.image_size)
-    return Teacher(
-        name, net, teacher_identity(net), net.num_outputs == dataset.num_classes, net.input_size is not None
-    )
-
-
-def load_teachers(
-    entries: list[str | TeacherRef | nn.Module], dataset: Dataset, device: torch.device
-) -> list[Teacher]:
-    """Teachers from run folders of `mtkd teacher fit`, plugin teachers, ImageNet models by name
-    (with their input size and weights), and modules given from Python."""
-    teachers = []
-    for entry in entries:
-        if isinstance(entry, nn.Module):
-            net = as_teacher(entry, type(entry).__name__)
-            teacher = _module_teacher(net, net.name, dataset, device)
-            teacher.recorded = f"python:{net.name}@{teacher.sha[:16]}"
-            teachers.append(teacher)
-            continue
-        ref = entry if isinstance(entry, TeacherRef) else TeacherRef(name=entry)
-        name = ref.name
-        if name.startswith("python:"):
-            raise MtkdError(
-                f"teacher '{name}' was given as a Python module: pass the module again (mtkd.train(teachers=[...])), "
-                "or register it by name (a mtkd.teachers plugin)"
-            )
-        if Path(name).exists():
-            if ref.input_size is not None or ref.pretrained != "auto":
-                raise MtkdError(
-                    f"teacher {name}: an adapted teacher keeps the input size and weights it was fitted with"
-                )
-            teachers.append(_checkpoint_teacher(name, dataset, device))
-        elif (module := plugin_teacher(name)) is not None:
-            if ref.input_size is not None:
-                module.input_size = ref.input_size
-            teachers.append(_module_teacher(module, name, dataset, device))
-        elif "/" in name.removeprefix("timm:").removeprefix("torchvision:") or name.endswith(".json"):
-            raise MtkdError(f"teacher checkpoint not found: {name}")
-        else:
-            spec = TeacherSpec(name, pretrained=ref.pretrained, input_size=ref.input_size, head="imagenet")
-            net = TeacherNet(spec).to(device).eval()
-            teachers.append(Teacher(name, net, teacher_identity(net), False, True))
-        teachers[-1].recorded = (
-            entry if isinstance(entry, str) else ref.model_dump(mode="json", exclude_defaults=True)
-        )
-    for t in teachers:
-        for p in t.net.parameters():
-            p.requires_grad_(False)
-    return teachers
+from mtkd.teachers import CacheSpec, Teacher
+from mtkd.teachers.cache import images_for, view_params
 
 
 class StudentStep(nn.Module):
@@ -151,11 +58,12 @@ class StudentStep(nn.Module):
 
 class TransferLoss:
     """The step loss of a student with teachers and methods (see trainer.StepLoss): each row of
-    the batch as its drawn view, the teachers' outputs for it, then the StudentStep."""
+    the batch as its drawn view, each teacher's outputs for it, then the StudentStep. It does no
+    I/O: the teachers come prepared (`prepare_teachers`)."""
 
     def __init__(
-        self, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset, normalize: nn.Module,
-        cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
+        self, teachers: list[Teacher], dataset: Dataset, normalize: nn.Module, cfg: TrainConfig, hflip: bool,
+        device: torch.device,
     ):  # fmt: skip
         t = cfg.transfer
         self.teachers = teachers
@@ -169,69 +77,19 @@ class TransferLoss:
         self.params = (
             [] if self.online else view_params(len(images), t.views, self.augment, t.view_seed, self.size)
         )
-        self.teacher_paths = tuple(sorted({p for m in methods for p in m.teacher_maps()}))
-        if FINAL_MAP in self.teacher_paths:
-            for x in teachers:
-                if not isinstance(x.net, TeacherNet):
-                    raise MtkdError(
-                        f"teacher {x.name}: camkd's feature: map reads an mtkd teacher's last feature map and "
-                        "classifier; with a teacher module use camkd with feature: pooled"
-                    )
-        self.may_skip_parameters = any(m.may_skip_parameters for m in methods)
-        self.teacher_hooks = []
-        if t.teacher_mode == "cached":
-            for teacher in teachers:
-                a = self.augment
-                spec = CacheSpec(
-                    t.views, a.padding, a.hflip, t.view_seed, t.cache_dtype, teacher.has_logits, self.teacher_paths,
-                    a if a.beyond_crop_flip else None,
-                )  # fmt: skip
-                size = teacher.net.input_size if teacher.reads_files else None
-                teacher.cache = build_cache(
-                    teacher.net, teacher.sha, teacher_images(dataset.train, size), spec, device,
-                    f"teacher {teacher.name}", place,
-                )  # fmt: skip
-            self.to(device)
-        elif self.teacher_paths:
-            self.teacher_hooks = [FeatureHooks(x.net, list(self.teacher_paths)) for x in teachers]
 
     def to(self, device: torch.device) -> TransferLoss:
-        """Run the step on `device`: the normalisation there, each teacher cache's tables too when
-        they fit in a quarter of its free memory (CUDA; on the CPU they stay memory-mapped), and
-        cached teachers' backbones on the host."""
+        """Run the step on `device`: the normalisation and each teacher (see Teacher.to)."""
         self.device = device
         self.normalize.to(device)
         for teacher in self.teachers:
-            if teacher.cache is None:
-                continue
-            if fits_on(device, teacher.cache.nbytes):
-                teacher.cache.to(device)
-            # Its outputs are in the cache: only camkd's map term still calls a part of it (the
-            # classifier head, on the device); the backbone leaves the device.
-            if FINAL_MAP in self.teacher_paths:  # an mtkd TeacherNet (checked above)
-                for name, part in teacher.net.named_children():
-                    part.to("cpu" if name == "body" else device)
-            else:
-                teacher.net.to("cpu")
+            teacher.to(device)
         return self
 
     def teacher_outputs(
         self, views: torch.Tensor | None, index: torch.Tensor, images: torch.Tensor
     ) -> list[TeacherOutputs]:
-        out = []
-        for k, teacher in enumerate(self.teachers):
-            head = getattr(teacher.net, "forward_head", None) if teacher.has_logits else None
-            if teacher.cache is not None:
-                rows = teacher.cache.get(views, index, self.device)
-                maps = {p: rows[f"map.{p}"] for p in self.teacher_paths}
-                out.append(TeacherOutputs(rows["features"], rows.get("logits"), maps, head))
-                continue
-            # no_grad, not inference_mode: the outputs are saved for the backward pass of some terms.
-            with torch.no_grad():
-                feats, logits = teacher.net.pooled_and_logits(images.float() / 255.0, teacher.has_logits)
-            maps = dict(self.teacher_hooks[k].outputs) if self.teacher_hooks else {}
-            out.append(TeacherOutputs(feats, logits, maps, head))
-        return out
+        return [teacher.outputs(views, index, images) for teacher in self.teachers]
 
     def draw(self, n: int, gen: torch.Generator) -> Any:
         """Cached teachers: which view each row of the step's global batch is shown as. Online
@@ -259,19 +117,46 @@ class TransferLoss:
         return net(self.normalize(images), teachers, target, step)
 
 
+def prepare_teachers(
+    teachers: list[Teacher], methods: nn.ModuleList, dataset: Dataset, cfg: TrainConfig, hflip: bool,
+    device: torch.device, place: Dist = SINGLE,
+) -> None:  # fmt: skip
+    """The run's teacher stage: cached teachers find or build their caches (the views of the run's
+    augmentation, the maps its methods read); online teachers hook those maps."""
+    t = cfg.transfer
+    maps = tuple(sorted({p for m in methods for p in m.teacher_maps()}))
+    for teacher in teachers:  # every refusal before any cache is built
+        teacher.check(maps)
+    spec = None
+    for teacher in teachers:
+        if t.teacher_mode == "cached":
+            a = augment_of(cfg.train, hflip, dataset.mean)
+            spec = CacheSpec(
+                t.views, a.padding, a.hflip, t.view_seed, t.cache_dtype, teacher.has_logits, maps,
+                a if a.beyond_crop_flip else None,
+            )  # fmt: skip
+        teacher.prepare(dataset.train, spec, maps, device, place)
+
+
 def transfer_task(
     student: nn.Module, view: OutputsView, methods: nn.ModuleList, teachers: list[Teacher], dataset: Dataset,
-    normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device, place: Dist = SINGLE,
+    normalize: nn.Module, cfg: TrainConfig, hflip: bool, device: torch.device,
 ) -> Task:  # fmt: skip
     """The Task of a student learning from teachers: it trains the student and the methods' parts
     together, is evaluated and saved as the student alone; the methods' parts live in the resume state."""
     student_paths = sorted({p for m in methods for p in m.student_maps()})
     hooks = FeatureHooks(student, student_paths) if student_paths else None
     step = StudentStep(student, view, methods, hooks, cfg.transfer.ce_weight, cfg.train.label_smoothing)
-    loss = TransferLoss(methods, teachers, dataset, normalize, cfg, hflip, device, place)
+    unprepared = [t.name for t in teachers if not t.prepared]
+    if unprepared:
+        raise MtkdError(f"teachers {', '.join(unprepared)} are not prepared: call prepare_teachers first")
+    loss = TransferLoss(teachers, dataset, normalize, cfg, hflip, device)
+    if cfg.transfer.teacher_mode == "cached":
+        loss.to(device)
     trainable = [p for p in student.parameters() if p.requires_grad] + list(methods.parameters())
     transform = ImageTransform(normalize)
-    return Task(step, loss, student, transform, student, [{"params": trainable}], methods)
+    skips = any(m.may_skip_parameters for m in methods)
+    return Task(step, loss, student, transform, student, [{"params": trainable}], methods, skips)
 
 
 def build_methods(

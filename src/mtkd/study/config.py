@@ -26,6 +26,7 @@ from mtkd.engine.config import (
     merge_trees,
     read_yaml,
     set_dotted,
+    settled,
 )
 from mtkd.errors import MtkdError
 
@@ -387,15 +388,12 @@ def safe_label(text: str, where: str) -> str:
 def settle_study_threads(cfg: StudyConfig) -> StudyConfig:
     """The study with its runs' thread count settled: as given, else the count the study started
     with (recorded in its study.yaml), else every core of this machine."""
-    if cfg.threads:
-        return cfg
-    from mtkd.engine.device import default_threads
+    from mtkd.device import default_threads
 
     written = Path(cfg.output) / "study.yaml"
-    saved = read_yaml(written).get("threads") if written.is_file() else None
-    return cfg.model_copy(
-        update={"threads": saved if isinstance(saved, int) and saved > 0 else default_threads()}
-    )
+    saved = read_yaml(written).get("threads") if not cfg.threads and written.is_file() else None
+    saved = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved > 0 else None
+    return cfg.model_copy(update={"threads": settled(cfg.threads, saved, default_threads)})
 
 
 def load_study_config(

@@ -12,18 +12,26 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mtkd.console import say
 from mtkd.engine.checkpoint import read_summary
-from mtkd.engine.config import TeacherFitConfig, TrainConfig, config_difference, read_yaml, to_yaml
+from mtkd.engine.config import (
+    TeacherFitConfig,
+    TrainConfig,
+    build_config,
+    config_difference,
+    read_yaml,
+    to_yaml,
+)
 from mtkd.engine.launch import torchrun_command
 from mtkd.engine.signals import StopRequests
-from mtkd.errors import Interrupted, MtkdError
+from mtkd.errors import Interrupted, MtkdError, check_type
 from mtkd.io import atomic_write, file_lock, read_json, write_json
 from mtkd.study.answers import reading_of, unsettled_configs
-from mtkd.study.config import StudyConfig, settle_study_threads
+from mtkd.study.config import StudyConfig, load_study_config, settle_study_threads
 from mtkd.study.plan import Job, Planner, first_jobs, plan, search_strategy
 from mtkd.study.results import collect
 
@@ -400,3 +408,18 @@ def run_study(
             f"{len(failures)} run(s) failed, first {failures[0]} (state in {folder / 'state.json'})"
         )
     return answers
+
+
+def study_from(
+    config: str | os.PathLike | Mapping, *, jobs: int = 1, report_only: bool = False, **options: Any
+) -> dict:
+    """`mtkd.study(...)`: run (or finish) a study from a YAML path or a mapping, with study keys as
+    options (`output=`, `seeds=`), write its report, and return its answers."""
+    check_type(config, (str, os.PathLike, Mapping), "the study's config", "a YAML path or a mapping")
+    check_type(jobs, (int,), "jobs", "a whole number >= 1")
+    check_type(report_only, (bool,), "report_only", "True or False")
+    if isinstance(config, (str, os.PathLike)):
+        cfg = load_study_config(config, overrides=options)
+    else:
+        cfg = build_config(StudyConfig, overrides=options, mapping=dict(config))
+    return run_study(cfg, workers=jobs, report=True, run=not report_only)

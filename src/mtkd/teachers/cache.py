@@ -39,7 +39,7 @@ from mtkd.dist import SINGLE, Dist
 from mtkd.errors import MtkdError
 from mtkd.io import cache_dir, file_lock, read_json, sha256_file, write_json
 from mtkd.models.hooks import FeatureHooks
-from mtkd.models.teachers import TeacherNet
+from mtkd.teachers.nets import TeacherNet
 
 CHUNK = 256
 
