@@ -29,6 +29,9 @@ class AverageOptions(KDOptions):
 @register
 class AverageKD(LogitMethod):
     name = "avg_kd"
+    paper = "AVER, the multi-teacher baseline of Zhang, Chen and Wang, ICASSP 2022 (CA-MKD)"
+    reads = ("logits",)
+    trains = ""
     Options = AverageOptions
 
     def forward(

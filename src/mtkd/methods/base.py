@@ -61,6 +61,9 @@ class MethodOptions(BaseModel):
 
 class Method(nn.Module):
     name: ClassVar[str]
+    paper: ClassVar[str] = ""  # where it is published (or "mtkd's own")
+    reads: ClassVar[tuple[str, ...]] = ()  # what of the teachers it reads: logits, pooled features, maps
+    trains: ClassVar[str] = ""  # the parts it trains with the student (not in the saved student)
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_logits: ClassVar[bool] = False  # needs teachers adapted to the dataset's classes
     max_teachers: ClassVar[int | None] = None  # None: any number of teachers

@@ -87,6 +87,9 @@ def to_grid(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @register
 class ConfidenceAwareKD(Method):
     name = "camkd"
+    paper = "Zhang, Chen and Wang, ICASSP 2022, Confidence-Aware Multi-Teacher KD"
+    reads = ("logits", "last feature maps")
+    trains = "a 1x1 conv + BN + ReLU embedding per teacher (feature: pooled: a linear projector per teacher)"
     Options = CAMKDOptions
     needs_logits = True
     may_skip_parameters = True  # the embeddings sit out the first epoch

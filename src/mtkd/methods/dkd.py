@@ -54,6 +54,9 @@ def dkd_terms(
 @register
 class DecoupledKD(LogitMethod):
     name = "dkd"
+    paper = "Zhao, Cui, Song, Qiu and Liang, CVPR 2022, Decoupled Knowledge Distillation"
+    reads = ("logits",)
+    trains = ""
     Options = DKDOptions
     hard_labels = True  # splits the target class from the rest
 

@@ -50,6 +50,9 @@ def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
 @register
 class EntropyKD(LogitMethod):
     name = "ebkd"
+    paper = "Kwon, Na, Lee and Lee, ICASSP 2020, Adaptive KD based on entropy (as CA-MKD publishes it)"
+    reads = ("logits",)
+    trains = ""
     Options = EBKDOptions
 
     def forward(

@@ -44,6 +44,9 @@ class FeatureOptions(MethodOptions):
 @register
 class FeatureTransfer(Method):
     name = "features"
+    paper = "Landro, Gallo and La Grassa, Algorithms 2021 (the paper mtkd is built on)"
+    reads = ("pooled features",)
+    trains = "a projector per teacher (linear or mlp), or one on the concatenated features"
     Options = FeatureOptions
 
     def __init__(self, options: FeatureOptions, student_dim: int, teacher_dims: list[int], num_classes: int):

@@ -69,6 +69,9 @@ class ConvReg(nn.Module):
 @register
 class Hint(Method):
     name = "hint"
+    paper = "Romero et al., ICLR 2015, FitNets: Hints for Thin Deep Nets"
+    reads = ("intermediate maps",)
+    trains = "a regressor per teacher (ConvReg, or a 1x1 conv)"
     Options = HintOptions
 
     def __init__(self, options: HintOptions, student_dim: int, teacher_dims: list[int], num_classes: int):

@@ -34,6 +34,9 @@ class LogitMethod(Method):
 @register
 class KD(LogitMethod):
     name = "kd"
+    paper = "Hinton, Vinyals and Dean, 2015, Distilling the Knowledge in a Neural Network"
+    reads = ("logits",)
+    trains = ""
     max_teachers = 1
 
     def forward(

@@ -10,6 +10,9 @@ from mtkd.methods.base import Method, Step, StudentOutputs, TeacherOutputs, regi
 @register
 class NoTransfer(Method):
     name = "none"
+    paper = "the student alone (no transfer)"
+    reads = ()
+    trains = ""
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
