@@ -269,3 +269,27 @@ def test_camkd_without_its_feature_term_has_nothing_to_train(feature):
         terms["camkd"].item()
         == with_them(_student(), teachers, torch.tensor([0]), Step(epoch=3))["camkd"].item()
     )
+
+
+def test_mtkd_methods_lists_every_method_and_shows_one_with_its_yaml(capsys):
+    import yaml
+
+    from mtkd.cli.main import main
+    from mtkd.methods import METHODS
+
+    main(["methods"])
+    listed = capsys.readouterr().out
+    for name in METHODS.names():
+        assert f"│ {name} " in listed
+    main(["methods", "dkd"])
+    shown = capsys.readouterr().out
+    assert "Zhao, Cui, Song, Qiu and Liang, CVPR 2022" in shown and "│ beta " in shown
+    block = yaml.safe_load(shown[shown.index("transfer:") :])
+    assert block == {"transfer": {"methods": [{"name": "dkd", "weight": 1.0, "temperature": 4.0, "alpha": 1.0,
+                                               "beta": 8.0, "warmup": 20.0}]}}  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(["methods", "nosuch"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mtkd: error: unknown method 'nosuch' (known: {', '.join(METHODS.names())})"
+    ]

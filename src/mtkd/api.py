@@ -186,7 +186,7 @@ def train(
     student: a model name (mtkd, registered/plugin or timm) or any nn.Module (its pooled features
     are read at its last linear layer's input, or at `feature_layer=`); teachers: run folders or
     Runs of fit_teacher, ImageNet model or plugin teacher names, `{name:, input_size:}` mappings,
-    or nn.Modules (see mtkd.models.adapters.ModuleTeacher); methods: names or `{name:, option: ...}`.
+    or nn.Modules (see mtkd.ModuleTeacher); methods: names or `{name:, option: ...}`.
     """
     _check(student, (str, nn.Module, type(None)), "the student", "a model name or an nn.Module")
     _check(config, _CONFIG, "config", _CONFIG_TEXT)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtkd.errors import MtkdError
@@ -105,6 +106,37 @@ def cmd_models(args: argparse.Namespace) -> None:
     for row in describe_students():
         students.add_row(row["name"], f"{row['params']:,}", row["description"])
     out.print(students)
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    """Every method (mtkd's and plugins'), or one with its options and the YAML that sets it."""
+    import mtkd.methods  # noqa: F401 - registers mtkd's methods
+    from mtkd.methods.catalog import describe_method, describe_methods, yaml_block
+
+    if args.name is None:
+        table = Table(title="transfer methods (transfer.methods); `mtkd methods NAME` for one")
+        for col in ("name", "paper", "reads of the teachers", "teachers", "trains", "options", "from"):
+            table.add_column(col)
+        for d in describe_methods():
+            options = ", ".join(o["option"] for o in d["options"])
+            table.add_row(d["name"], d["paper"], d["reads"], d["teachers"], d["trains"], options, d["origin"])
+        out.print(table)
+        return
+    d = describe_method(args.name)
+    out.print(f"[bold]{d['name']}[/bold]: {escape(d['paper'])} ({escape(d['origin'])})")
+    needs = (
+        "teachers adapted to the dataset (mtkd teacher fit)"
+        if d["adapted teachers"] == "yes"
+        else "any teachers"
+    )
+    out.print(f"reads {d['reads']}; teachers: {d['teachers']}, {needs}; trains: {escape(d['trains'])}")
+    table = Table()
+    for col in ("option", "type", "default", "description"):
+        table.add_column(col)
+    for o in d["options"]:
+        table.add_row(o["option"], o["type"], o["default"], o["description"])
+    out.print(table)
+    out.print(escape(yaml_block(args.name)), end="", soft_wrap=True)
 
 
 def _launched(args: argparse.Namespace, cfg: object) -> bool:
@@ -225,6 +257,12 @@ def cmd_summary(args: argparse.Namespace) -> None:
     out.print(table)
 
 
+def _methods_epilog() -> str:
+    from mtkd.methods import METHODS
+
+    return f"methods (--methods): {', '.join(METHODS.names())}; `mtkd methods NAME` shows one's options"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mtkd import __version__
     from mtkd.engine.config import TeacherFitConfig, TrainConfig
@@ -243,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list teachers and students")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", help="train a student")
+    p = sub.add_parser("methods", help="list the transfer methods, or show one with its options and YAML")
+    p.add_argument("name", nargs="?", help="a method's name")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("train", help="train a student", epilog=_methods_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _add_config_flags(p, TrainConfig, _aliases("train"))
     p.set_defaults(func=cmd_train)
 
