@@ -25,7 +25,8 @@ def method_block(name: str) -> str:
     d = describe_method(name)
     rows = ["| option | type | default | what it does |", "|---|---|---|---|"]
     for o in d["options"]:
-        rows.append(f"| `{o['option']}` | {o['type']} | `{o['default']}` | {o['description']} |")
+        kind = o["type"].replace(" | ", " / ")  # a bar would end the table's cell
+        rows.append(f"| `{o['option']}` | {kind} | `{o['default']}` | {o['description']} |")
     needs = "teachers adapted to the dataset (`mtkd teacher fit`)" if d["adapted teachers"] == "yes" else "any teachers"
     head = f"*Reads:* {d['reads']}. *Teachers:* {d['teachers']}, {needs}. *Trains:* {d['trains']}."
     return f"{head}\n\n" + "\n".join(rows) + f"\n\n```yaml\n{yaml_block(name)}```\n"
