@@ -45,6 +45,22 @@ def test_hooks_read_module_outputs_by_path():
         FeatureHooks(model, ["layers.9"])
 
 
+def test_a_module_path_that_does_not_exist_names_the_nearest_ones():
+    from mtkd.teachers import TeacherNet, TeacherSpec
+
+    model = create_student("resnet8", 10, 3)
+    with pytest.raises(MtkdError) as err:
+        FeatureHooks(model, ["layer.1"])
+    assert str(err.value) == (
+        "no module 'layer.1' in CifarResNet (nearest: layers.1, layers.2, layers.0, layers, layers.2.bn1)"
+    )
+    with pytest.raises(MtkdError, match=r"^no module 'zzz' in CifarResNet \(nearest: stem, layers, fc\)$"):
+        FeatureHooks(model, ["zzz"])  # nothing close: the top-level children
+    teacher = TeacherNet(TeacherSpec("mobilenet_v2", pretrained="none", head="gap", num_classes=10))
+    with pytest.raises(MtkdError, match=r"\(nearest: body\.features\.6, "):
+        FeatureHooks(teacher, ["features.6"])  # a teacher's backbone is under body.
+
+
 def test_macs_counted_by_hand():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     # conv: 2 output channels x 16 positions x 9 taps; linear: 32 x 3

@@ -6,6 +6,9 @@ order of operations, and cites what it re-expresses:
 - CA-MKD: Rorozhl/CA-MKD at acc8c2b14d805f76143cf56b7c5af88b28d1dde8
 - FitNets: HobbitLong/RepDistiller at 1e2f81692647991a80a1e97ffa14e2af915eaa6f
 - DKD: megvii-research/mdistiller at e8c5bb331e78c9d79a8894ca233caae78531cf7f
+- DIST: hunto/image_classification_sota at 6f7a70a1dd57fd88413d83909d3d53243068f701 (the
+  classification code hunto/DIST_KD at 2418f18 points to)
+- logit standardization: sunshangquan/logit-standardization-KD at f6e5aa5172bad618e801163c3385322eea673754
 With one teacher, CA-MKD's `train_student.py` (parse_option) switches every ensemble method to
 AVERAGE_LOSS, so the reference for K = 1 is their averaged KD.
 """
@@ -148,6 +151,36 @@ def ref_dkd(logits_student, logits_teacher, target, alpha, beta, temperature):
     return alpha * tckd + beta * nckd
 
 
+def ref_dist(z_s, z_t, beta, gamma, tau):
+    """image_classification_sota lib/models/losses/dist_kd.py:4-34 (cosine_similarity,
+    pearson_correlation, inter_class_relation, intra_class_relation, DIST.forward), re-expressed."""
+
+    def cos(a, b, eps=1e-8):
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+    def pearson(a, b):
+        return cos(a - a.mean(1).unsqueeze(1), b - b.mean(1).unsqueeze(1))
+
+    def inter(a, b):
+        return 1 - pearson(a, b).mean()
+
+    y_s, y_t = (z_s / tau).softmax(dim=1), (z_t / tau).softmax(dim=1)
+    return beta * tau**2 * inter(y_s, y_t) + gamma * tau**2 * inter(y_s.transpose(0, 1), y_t.transpose(0, 1))
+
+
+def ref_ls_normalize(logit):
+    """logit-standardization-KD mdistiller/distillers/KD.py:7-10 (normalize)."""
+    return (logit - logit.mean(dim=-1, keepdims=True)) / (1e-7 + logit.std(dim=-1, keepdims=True))
+
+
+def ref_ls_kd(s, t, temperature):
+    """logit-standardization-KD mdistiller/distillers/KD.py:12-19 (kd_loss with logit_stand)."""
+    s, t = ref_ls_normalize(s), ref_ls_normalize(t)
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    p_t = F.softmax(t / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="none").sum(1).mean() * temperature**2
+
+
 # ---- comparisons -----------------------------------------------------------------------------
 
 
@@ -281,3 +314,93 @@ def test_dkd_with_several_teachers_distils_their_averaged_targets():
     # the averaged softened outputs, as logits at temperature T: T log(mean_k softmax(t_k / T))
     mean_p = torch.stack([torch.softmax(t / T, 1) for t in ts]).mean(0)
     _same(ours, ref_dkd(s, T * torch.log(mean_p), y, 1.0, 8.0, T), [s])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_dist_equals_its_authors(k):
+    """DIST at the authors' CIFAR defaults (tau 4, beta = gamma = 1, kd_loss_weight 2); several
+    teachers: the mean of the per-teacher losses (mtkd's extension)."""
+    s, ts, y = _inputs(k, seed=40 + k)
+    dist = build_method("dist", {}, 4, [4] * k, C)
+    student = StudentOutputs(s, torch.zeros(B, 4, dtype=torch.float64))
+    teachers = [TeacherOutputs(torch.zeros(B, 4, dtype=torch.float64), t) for t in ts]
+    ours = dist(student, teachers, y, LATE)["dist"]
+    _same(ours, 2.0 * torch.stack([ref_dist(s, t, 1.0, 1.0, 4.0) for t in ts]).mean(), [s])
+
+
+def test_dist_with_a_batch_of_one_has_the_authors_intra_term():
+    """A batch of one has no spread across the batch: their eps makes rho 0 there, so the
+    intra-class term is tau^2, whatever the logits (the test shows it; mtkd does the same)."""
+    s, (t,), y = _inputs(1, seed=5)
+    dist = build_method("dist", {"beta": 0.0}, 4, [4], C)
+    one = dist(
+        StudentOutputs(s[:1], torch.zeros(1, 4)), [TeacherOutputs(torch.zeros(1, 4), t[:1])], y[:1], LATE
+    )
+    assert (
+        one["dist"].item() == pytest.approx(2.0 * 16.0) == 2.0 * ref_dist(s[:1], t[:1], 0.0, 1.0, 4.0).item()
+    )
+
+
+def test_standardized_kd_equals_logit_standardization():
+    """`standardize: true` on kd: their KD with --logit-stand --base-temp 2 --kd-weight 9."""
+    s, (t,), y = _inputs(1, seed=50)
+    kd = build_method("kd", {"standardize": True}, 4, [4], C)
+    assert (kd.options.temperature, kd.options.weight) == (2.0, 9.0)
+    student = StudentOutputs(s, torch.zeros(B, 4, dtype=torch.float64))
+    ours = kd(student, [TeacherOutputs(torch.zeros(B, 4, dtype=torch.float64), t)], y, LATE)["kd"]
+    _same(ours, 9.0 * ref_ls_kd(s, t, 2.0), [s])
+    asked = build_method("kd", {"standardize": True, "temperature": 3.0, "weight": 1.0}, 4, [4], C)
+    assert (asked.options.temperature, asked.options.weight) == (3.0, 1.0)  # what is given stays
+
+
+def test_standardized_dkd_equals_logit_standardization():
+    """Their DKD with --logit-stand (DKD.py:12-14 z-scores both, tools/train.py:115-118 multiplies
+    alpha and beta by 9 and sets T to 2): mtkd's weight 9 and T 2."""
+    s, (t,), y = _inputs(1, seed=51)
+    dkd = build_method("dkd", {"standardize": True}, 4, [4], C)
+    student = StudentOutputs(s, torch.zeros(B, 4, dtype=torch.float64))
+    ours = dkd(student, [TeacherOutputs(torch.zeros(B, 4, dtype=torch.float64), t)], y, LATE)["dkd"]
+    ref = ref_dkd(ref_ls_normalize(s), ref_ls_normalize(t), y, 9.0, 72.0, 2.0)
+    _same(ours, ref, [s])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("name", ["avg_kd", "dist"])
+def test_standardized_multi_teacher_methods_standardize_every_logit(name, k):
+    """With several teachers, each teacher's logits and the student's are z-scored before the
+    method's own loss (for dist, its own tau 4 and weight 2 stay)."""
+    s, ts, y = _inputs(k, seed=60 + k)
+    method = build_method(name, {"standardize": True}, 4, [4] * k, C)
+    student = StudentOutputs(s, torch.zeros(B, 4, dtype=torch.float64))
+    ours = method(student, [TeacherOutputs(torch.zeros(B, 4, dtype=torch.float64), t) for t in ts], y, LATE)[
+        name
+    ]
+    z_s, z_ts = ref_ls_normalize(s), [ref_ls_normalize(t) for t in ts]
+    if name == "avg_kd":
+        ref = 9.0 * ref_average(z_s, z_ts, 2.0)
+    else:
+        ref = 2.0 * torch.stack([ref_dist(z_s, t, 1.0, 1.0, 4.0) for t in z_ts]).mean()
+    _same(ours, ref, [s])
+
+
+@pytest.mark.parametrize("name", ["ebkd", "camkd"])
+def test_standardized_weighted_methods_keep_their_weights_from_raw_logits(name):
+    """ebkd's entropies and camkd's confidences (the teacher weights) read the raw logits; only
+    the distilled distributions are standardized (mtkd's reading: the authors publish neither)."""
+    s, ts, y = _inputs(3, seed=70)
+    options = {"standardize": True} | ({"feature_weight": 0.0} if name == "camkd" else {})
+    method = build_method(name, options, 4, [4] * 3, C).double()
+    student = StudentOutputs(s, torch.zeros(B, 4, dtype=torch.float64))
+    ours = method(student, [TeacherOutputs(torch.zeros(B, 4, dtype=torch.float64), t) for t in ts], y, LATE)[
+        name
+    ]
+    z_s = ref_ls_normalize(s)
+    div = torch.stack([ref_distill_kl(z_s, ref_ls_normalize(t), 2.0, True) for t in ts])
+    if name == "ebkd":
+        entropy = [(-(F.softmax(t, dim=1)) * torch.log(F.softmax(t, dim=1))).sum(1) for t in ts]
+        total = torch.stack(entropy).sum(0)
+        weight = torch.stack([1.0 - e / total for e in entropy])
+    else:
+        ce = torch.stack([F.cross_entropy(t, y, reduction="none") for t in ts])
+        weight = (1.0 - F.softmax(ce, dim=0)) / 2
+    _same(ours, 9.0 * (weight * div).sum() / (B * 3), [s])

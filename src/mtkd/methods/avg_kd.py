@@ -38,9 +38,10 @@ class AverageKD(LogitMethod):
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         t = self.options.temperature
-        probs = torch.stack([softened(x.logits, t) for x in teachers])
+        s = self.logits_of(student.logits)
+        probs = torch.stack([softened(self.logits_of(x.logits), t) for x in teachers])
         if self.options.average == "probabilities":
-            loss = kl_per_sample(student.logits, probs.mean(0), t).mean()
+            loss = kl_per_sample(s, probs.mean(0), t).mean()
         else:
-            loss = torch.stack([kl_per_sample(student.logits, p, t) for p in probs]).mean()
+            loss = torch.stack([kl_per_sample(s, p, t) for p in probs]).mean()
         return {"avg_kd": self.options.weight * loss}

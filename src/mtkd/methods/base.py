@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from mtkd.errors import MtkdError
@@ -59,6 +59,34 @@ class MethodOptions(BaseModel):
     weight: float = Field(1.0, ge=0, description="multiplies every loss term of the method")
 
 
+class StandardizeOptions(MethodOptions):
+    """Options of a method that distils logits, with logit standardization (Sun, Ren, Gao, Guo, Wu and
+    Cao, CVPR 2024, "Logit Standardization in Knowledge Distillation"; sunshangquan/
+    logit-standardization-KD at f6e5aa5): with `standardize: true` every logit vector the method
+    softens, the student's and each teacher's, is z-scored first (`mdistiller/distillers/KD.py:7-10`:
+    minus its mean, over 1e-7 + its unbiased standard deviation). Temperature and weight not given
+    then take the authors' CIFAR values, `--base-temp 2 --kd-weight 9` (their README's commands,
+    applied by `tools/train.py:110-121`; for DKD the 9 multiplies alpha and beta, as `weight` does)."""
+
+    standardize: bool = Field(
+        False, description="z-score the logits before the temperature (logit standardization)"
+    )
+    standardized_defaults: ClassVar[dict[str, float]] = {"temperature": 2.0, "weight": 9.0}
+
+    @model_validator(mode="after")
+    def _standardized_defaults(self) -> StandardizeOptions:
+        if self.standardize:
+            for key, value in self.standardized_defaults.items():
+                if key not in self.model_fields_set:
+                    setattr(self, key, value)
+        return self
+
+
+def standardized(logits: torch.Tensor) -> torch.Tensor:
+    """Each row z-scored: (z - mean) / (1e-7 + std), the unbiased std (logit standardization)."""
+    return (logits - logits.mean(-1, keepdim=True)) / (1e-7 + logits.std(-1, keepdim=True))
+
+
 class Method(nn.Module):
     name: ClassVar[str]
     paper: ClassVar[str] = ""  # where it is published (or "mtkd's own")
@@ -75,6 +103,10 @@ class Method(nn.Module):
     def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__()
         self.options = options
+
+    def logits_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits as the method softens them: z-scored with `standardize: true`."""
+        return standardized(logits) if getattr(self.options, "standardize", False) else logits
 
     def student_maps(self) -> list[str]:
         """Module paths of the student whose outputs this method reads."""

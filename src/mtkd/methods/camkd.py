@@ -37,7 +37,7 @@ from mtkd.errors import MtkdError
 from mtkd.methods.base import (
     FINAL_MAP,
     Method,
-    MethodOptions,
+    StandardizeOptions,
     Step,
     StudentOutputs,
     TeacherOutputs,
@@ -49,7 +49,7 @@ from mtkd.methods.base import (
 )  # fmt: skip
 
 
-class CAMKDOptions(MethodOptions):
+class CAMKDOptions(StandardizeOptions):
     temperature: float = Field(4.0, gt=0)
     feature: Literal["map", "pooled"] = Field(
         "map", description="map: the published term on last feature maps; pooled: mtkd's earlier term"
@@ -113,8 +113,9 @@ class ConfidenceAwareKD(Method):
         o = self.options
         logits = teacher_logits(teachers)
         w = confidence_weights(logits, labels).detach()
+        s = self.logits_of(student.logits)  # standardize: the KD terms only; the weights read raw logits
         kl = torch.stack(
-            [kl_per_sample(student.logits, softened(x, o.temperature), o.temperature) for x in logits]
+            [kl_per_sample(s, softened(self.logits_of(x), o.temperature), o.temperature) for x in logits]
         )
         terms = {"camkd": o.weight * (w * kl).mean()}  # sum over k and b, over B K
         if o.feature_weight == 0 or (o.skip_first_epoch and step.epoch == 1 and o.feature == "map"):

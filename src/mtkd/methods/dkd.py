@@ -64,7 +64,7 @@ class DecoupledKD(LogitMethod):
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         o = self.options
-        probs = torch.stack([softened(x.logits, o.temperature) for x in teachers]).mean(0)
-        tckd, nckd = dkd_terms(student.logits, probs, labels, o.temperature)
+        probs = torch.stack([softened(self.logits_of(x.logits), o.temperature) for x in teachers]).mean(0)
+        tckd, nckd = dkd_terms(self.logits_of(student.logits), probs, labels, o.temperature)
         ramp = min(step.epoch / o.warmup, 1.0) if o.warmup > 0 else 1.0
         return {"dkd": o.weight * ramp * (o.alpha * tckd + o.beta * nckd)}

@@ -60,7 +60,8 @@ class EntropyKD(LogitMethod):
     ) -> dict[str, torch.Tensor]:
         t = self.options.temperature
         logits = teacher_logits(teachers)
-        kl = torch.stack([kl_per_sample(student.logits, softened(x, t), t) for x in logits])
+        s = self.logits_of(student.logits)  # standardize: the KD terms only; the weights read raw logits
+        kl = torch.stack([kl_per_sample(s, softened(self.logits_of(x), t), t) for x in logits])
         if self.options.weighting == "softmax":
             loss = (torch.softmax(-entropies(logits), dim=0) * kl).sum(0).mean()
         else:

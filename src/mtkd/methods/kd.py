@@ -1,6 +1,7 @@
 """`kd`: Hinton et al. 2015, knowledge distillation from one teacher.
 
 loss = weight * T^2 * KL(softmax(t / T) || softmax(s / T)), averaged over the batch.
+`standardize: true` z-scores s and t first (logit standardization, see methods.base), T 2, weight 9.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pydantic import Field
 
 from mtkd.methods.base import (
     Method,
-    MethodOptions,
+    StandardizeOptions,
     Step,
     StudentOutputs,
     TeacherOutputs,
@@ -20,7 +21,7 @@ from mtkd.methods.base import (
 )
 
 
-class KDOptions(MethodOptions):
+class KDOptions(StandardizeOptions):
     temperature: float = Field(4.0, gt=0)
 
 
@@ -43,5 +44,6 @@ class KD(LogitMethod):
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         t = self.options.temperature
-        loss = kl_per_sample(student.logits, softened(teachers[0].logits, t), t).mean()
+        s, teacher = self.logits_of(student.logits), self.logits_of(teachers[0].logits)
+        loss = kl_per_sample(s, softened(teacher, t), t).mean()
         return {"kd": self.options.weight * loss}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mtkd.errors import MtkdError
-from mtkd.models.hooks import student_outputs
+from mtkd.models.hooks import check_path, student_outputs
 
 
 def follows_timm(model: nn.Module) -> bool:
@@ -45,14 +45,8 @@ class OutputsView:
         self._handle = None
         if not self.timm:
             self.path = feature_layer or final_linear(model)
-            modules = dict(model.named_modules())
-            if self.path not in modules:
-                examples = ", ".join(n for n in list(modules)[1:6])
-                raise MtkdError(
-                    f"feature_layer: no module '{self.path}' in {type(model).__name__} (module paths look "
-                    f"like: {examples}, ...)"
-                )
-            self._handle = modules[self.path].register_forward_pre_hook(self._record)
+            module = check_path(model, self.path, "feature_layer: ")
+            self._handle = module.register_forward_pre_hook(self._record)
 
     def remove(self) -> None:
         if self._handle is not None:

@@ -6,21 +6,44 @@ every forward pass, with no change to the model's code (as torchdistill does).
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
 
 from mtkd.errors import MtkdError
 
 
+def nearest_paths(model: nn.Module, path: str, n: int = 5) -> list[str]:
+    """The module paths of `model` nearest to `path`: the closest spellings, else the children of
+    the deepest module on the way to it (`features.30` in a net whose `features` has 19 children)."""
+    names = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(path, names, n=n, cutoff=0.6)
+    if close:
+        return close
+    parts = path.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = ".".join(parts[:depth])
+        children = [f"{parent}.{c}" if parent else c for c, _ in model.get_submodule(parent).named_children()] if (
+            parent == "" or parent in names) else []  # fmt: skip
+        if children:
+            return children[:n] + (["..."] if len(children) > n else [])
+    return names[:n]
+
+
+def check_path(model: nn.Module, path: str, where: str = "") -> nn.Module:
+    """The module at `path` (torchdistill's module-path convention: `layer3.1.bn2`), or one line
+    that names the nearest paths."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        near = ", ".join(nearest_paths(model, path))
+        raise MtkdError(f"{where}no module '{path}' in {type(model).__name__} (nearest: {near})") from None
+
+
 class FeatureHooks:
     def __init__(self, model: nn.Module, paths: list[str]):
-        modules = dict(model.named_modules())
-        unknown = [p for p in paths if p not in modules]
-        if unknown:
-            examples = ", ".join(n for n in list(modules)[1:6])
-            raise MtkdError(
-                f"no module '{unknown[0]}' in {type(model).__name__} (module paths look like: {examples}, ...)"
-            )
+        modules = {p: check_path(model, p) for p in paths}
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [modules[p].register_forward_hook(self._recorder(p)) for p in paths]
 
