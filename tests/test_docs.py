@@ -38,7 +38,9 @@ def _folder(tmp_path: Path) -> Path:
 
 
 def test_every_skipped_block_says_why():
-    skipped = [(p.name, m["why"]) for p in PAGES for m in BLOCK.finditer(p.read_text()) if m["why"] is not None]
+    skipped = [
+        (p.name, m["why"]) for p in PAGES for m in BLOCK.finditer(p.read_text()) if m["why"] is not None
+    ]
     assert all(why.strip() for _, why in skipped)
     assert len(skipped) <= 8, skipped  # the few that are whole jobs or need other machines
 

@@ -121,6 +121,47 @@ def test_hint_and_camkd_train_from_cached_maps(digits_teacher, tmp_path, capsys)
     assert any(sorted(c.get("maps", [])) == ["body", "body.features.6"] for c in caches)
 
 
+def test_hint_reads_each_teacher_at_its_own_layer(digits_teacher, tmp_path, capsys):
+    """teacher_layer (and teacher_size) may name one path per teacher: each teacher's cache holds
+    only its own map."""
+    hint = ("{name: hint, student_layer: features.4, teacher_layer: [body.features.6, body.features.3], "
+            "student_channels: 32, teacher_channels: [32, 24], adapter: conv1x1, weight: 1}")  # fmt: skip
+    teachers = f"[{digits_teacher}, {{name: mobilenet_v2, input_size: 32}}]"
+    args = ["train", "--dataset", "digits", "--teachers", teachers, "--methods", f"[{hint}]", "--epochs", "1",
+            "--set", "transfer.views=2", "--out", tmp_path / "run"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    maps = [json.loads(p.read_text()).get("maps") for p in cache_dir().glob("teachers/*/meta.json")]
+    assert ["body.features.6"] in maps and ["body.features.3"] in maps
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ("[body.features.6]", "teacher_layer lists 1 values for 2 teachers (teacher_channels)"),
+    ("[body.features.6, features.3]", "no module 'features.3' in TeacherNet (nearest: body.features.3, "),
+])  # fmt: skip
+def test_hint_refuses_bad_teacher_layers_before_any_cache(digits_teacher, tmp_path, capsys, layers, message):
+    hint = (f"{{name: hint, student_layer: features.4, teacher_layer: {layers}, student_channels: 32, "
+            "teacher_channels: [32, 24], adapter: conv1x1}")  # fmt: skip
+    teachers = f"[{digits_teacher}, {{name: mobilenet_v2, input_size: 32}}]"
+    before = sorted(cache_dir().glob("teachers/*"))
+    args = ["train", "--dataset", "digits", "--teachers", teachers, "--methods", f"[{hint}]", "--epochs", "1",
+            "--set", "transfer.views=3", "--out", tmp_path / "run"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(cache_dir().glob("teachers/*")) == before and not (tmp_path / "run").exists()
+
+
+def test_a_student_layer_that_does_not_exist_is_refused_before_any_cache(digits_teacher, tmp_path, capsys):
+    hint = ("{name: hint, student_layer: feature.4, teacher_layer: body.features.6, student_channels: 32, "
+            "teacher_channels: [32], adapter: conv1x1}")  # fmt: skip
+    before = sorted(cache_dir().glob("teachers/*"))
+    args = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}]", "--methods", f"[{hint}]",
+            "--set", "transfer.views=4", "--out", tmp_path / "run"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "student: no module 'feature.4' in " in err and "nearest: features.4" in err
+    assert sorted(cache_dir().glob("teachers/*")) == before and not (tmp_path / "run").exists()
+
+
 def _cache_build(teacher, views: int, seed: int):
     """(digits, build_cache's arguments) for the teacher's cache of `views` views."""
     ds = load_dataset("digits")

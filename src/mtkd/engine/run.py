@@ -317,7 +317,9 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
     hflip = _hflip(cfg.train.hflip, dataset)
     normalize = Normalize(dataset.mean, dataset.std).to(device)
     if teachers:
-        prepare_teachers(teachers, methods, dataset, cfg, hflip, device, place)  # caches found or built
+        prepare_teachers(
+            teachers, methods, dataset, cfg, hflip, device, place, student
+        )  # caches found or built
         task = transfer_task(student, view, methods, teachers, dataset, normalize, cfg, hflip, device)
     else:
         transform = ImageTransform(normalize, augment_of(cfg.train, hflip, dataset.mean), dataset.image_size)

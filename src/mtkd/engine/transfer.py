@@ -22,7 +22,7 @@ from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
 from mtkd.methods.base import Step, method_class
 from mtkd.models.adapters import OutputsView
-from mtkd.models.hooks import FeatureHooks
+from mtkd.models.hooks import FeatureHooks, check_path
 from mtkd.teachers import CacheSpec, Teacher
 from mtkd.teachers.cache import images_for, view_params
 
@@ -119,23 +119,27 @@ class TransferLoss:
 
 def prepare_teachers(
     teachers: list[Teacher], methods: nn.ModuleList, dataset: Dataset, cfg: TrainConfig, hflip: bool,
-    device: torch.device, place: Dist = SINGLE,
+    device: torch.device, place: Dist = SINGLE, student: nn.Module | None = None,
 ) -> None:  # fmt: skip
     """The run's teacher stage: cached teachers find or build their caches (the views of the run's
-    augmentation, the maps its methods read); online teachers hook those maps."""
+    augmentation, the maps its methods read); online teachers hook those maps. The student's and
+    the teachers' module paths are checked first, before any cache is built."""
     t = cfg.transfer
-    maps = tuple(sorted({p for m in methods for p in m.teacher_maps()}))
-    for teacher in teachers:  # every refusal before any cache is built
-        teacher.check(maps)
+    if student is not None:
+        for path in sorted({p for m in methods for p in m.student_maps()}):
+            check_path(student, path, "student: ")
+    maps = [tuple(sorted({p for m in methods for p in m.teacher_maps_of(k)})) for k in range(len(teachers))]
+    for teacher, paths in zip(teachers, maps, strict=True):  # every refusal before any cache is built
+        teacher.check(paths)
     spec = None
-    for teacher in teachers:
+    for teacher, paths in zip(teachers, maps, strict=True):
         if t.teacher_mode == "cached":
             a = augment_of(cfg.train, hflip, dataset.mean)
             spec = CacheSpec(
-                t.views, a.padding, a.hflip, t.view_seed, t.cache_dtype, teacher.has_logits, maps,
+                t.views, a.padding, a.hflip, t.view_seed, t.cache_dtype, teacher.has_logits, paths,
                 a if a.beyond_crop_flip else None,
             )  # fmt: skip
-        teacher.prepare(dataset.train, spec, maps, device, place)
+        teacher.prepare(dataset.train, spec, paths, device, place)
 
 
 def transfer_task(

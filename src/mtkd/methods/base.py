@@ -113,7 +113,12 @@ class Method(nn.Module):
         return []
 
     def teacher_maps(self) -> list[str]:
+        """Module paths of the teachers whose outputs this method reads (the teacher cache stores them)."""
         return []
+
+    def teacher_maps_of(self, k: int) -> list[str]:
+        """Those of teacher k (by default the same paths for every teacher)."""
+        return self.teacher_maps()
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step

@@ -16,7 +16,7 @@ bare 1x1 conv, the teacher's map average-pooled to the student's grid.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +30,15 @@ from mtkd.methods.base import Method, MethodOptions, Step, StudentOutputs, Teach
 class HintOptions(MethodOptions):
     weight: float = Field(100.0, ge=0, description="beta of the published scripts")
     student_layer: str = Field(..., description="student module path, e.g. features.6")
-    teacher_layer: str = Field(..., description="teacher module path, e.g. body.features.6")
+    teacher_layer: str | list[str] = Field(
+        ..., description="teacher module path (body.features.6), or one per teacher"
+    )
     student_channels: int = Field(..., ge=1)
     teacher_channels: list[int] = Field(..., description="channels of each teacher's map")
     student_size: int | None = Field(None, ge=1, description="height of the student's map (convreg)")
-    teacher_size: int | None = Field(None, ge=1, description="height of the teachers' maps (convreg)")
+    teacher_size: int | list[int] | None = Field(
+        None, description="height of the teachers' maps (convreg), or one per teacher"
+    )
     adapter: Literal["convreg", "conv1x1"] = "convreg"
 
 
@@ -66,6 +70,15 @@ class ConvReg(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
+def _per_teacher(value: Any, k: int, key: str) -> list:
+    """One value for each of k teachers: a single value for all, or a list of k."""
+    if not isinstance(value, list):
+        return [value] * k
+    if len(value) != k:
+        raise MtkdError(f"method 'hint': {key} lists {len(value)} values for {k} teachers (teacher_channels)")
+    return value
+
+
 @register
 class Hint(Method):
     name = "hint"
@@ -77,11 +90,17 @@ class Hint(Method):
     def __init__(self, options: HintOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__(options, student_dim, teacher_dims, num_classes)
         o = options
+        k = len(o.teacher_channels)
+        self.layers = _per_teacher(o.teacher_layer, k, "teacher_layer")
         if o.adapter == "convreg":
             if o.student_size is None or o.teacher_size is None:
                 raise MtkdError("method 'hint' with adapter convreg needs student_size and teacher_size")
+            sizes = _per_teacher(o.teacher_size, k, "teacher_size")
+            if any(size < 1 for size in sizes):
+                raise MtkdError(f"method 'hint': teacher_size must be at least 1, got {o.teacher_size}")
             self.adapters = nn.ModuleList(
-                ConvReg(o.student_channels, c, o.student_size, o.teacher_size) for c in o.teacher_channels
+                ConvReg(o.student_channels, c, o.student_size, h)
+                for c, h in zip(o.teacher_channels, sizes, strict=True)
             )
         else:
             self.adapters = nn.ModuleList(nn.Conv2d(o.student_channels, c, 1) for c in o.teacher_channels)
@@ -90,15 +109,18 @@ class Hint(Method):
         return [self.options.student_layer]
 
     def teacher_maps(self) -> list[str]:
-        return [self.options.teacher_layer]
+        return sorted(set(self.layers))
+
+    def teacher_maps_of(self, k: int) -> list[str]:
+        return [self.layers[k]]
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         s_map = student.maps[self.options.student_layer]
         losses = []
-        for adapter, teacher in zip(self.adapters, teachers, strict=True):
-            t_map = teacher.maps[self.options.teacher_layer]
+        for adapter, teacher, layer in zip(self.adapters, teachers, self.layers, strict=True):
+            t_map = teacher.maps[layer]
             if self.options.adapter == "conv1x1" and t_map.shape[-2:] != s_map.shape[-2:]:
                 t_map = F.adaptive_avg_pool2d(t_map, s_map.shape[-2:])
             losses.append(F.mse_loss(adapter(s_map), t_map))

@@ -15,7 +15,7 @@ from mtkd.device import fits_on
 from mtkd.dist import SINGLE, Dist
 from mtkd.errors import MtkdError
 from mtkd.methods.base import FINAL_MAP, TeacherOutputs
-from mtkd.models.hooks import FeatureHooks
+from mtkd.models.hooks import FeatureHooks, check_path
 from mtkd.teachers.cache import CacheSpec, TeacherCache, build_cache, teacher_identity, teacher_images
 from mtkd.teachers.modules import ModuleTeacher
 from mtkd.teachers.nets import TeacherNet
@@ -62,12 +62,15 @@ class Teacher:
         return self
 
     def check(self, maps: tuple[str, ...]) -> None:
-        """Refuse, in one line, maps this teacher cannot give."""
+        """Refuse, in one line, maps this teacher cannot give (a path it does not have: with the
+        nearest ones)."""
         if FINAL_MAP in maps and not isinstance(self.net, TeacherNet):
             raise MtkdError(
                 f"teacher {self.name}: camkd's feature: map reads an mtkd teacher's last feature map and "
                 "classifier; with a teacher module use camkd with feature: pooled"
             )
+        for path in maps:
+            check_path(self.net, path, f"teacher {self.name}: ")
 
     def to(self, device: torch.device) -> Teacher:
         """Answer on `device`. A cached teacher keeps its tables there when they fit in a quarter of
