@@ -286,7 +286,7 @@ def test_mtkd_methods_lists_every_method_and_shows_one_with_its_yaml(capsys):
     assert "Zhao, Cui, Song, Qiu and Liang, CVPR 2022" in shown and "│ beta " in shown
     block = yaml.safe_load(shown[shown.index("transfer:") :])
     assert block == {"transfer": {"methods": [{"name": "dkd", "weight": 1.0, "temperature": 4.0, "alpha": 1.0,
-                                               "beta": 8.0, "warmup": 20.0}]}}  # fmt: skip
+                                               "beta": 8.0, "warmup": 20.0, "standardize": False}]}}  # fmt: skip
     with pytest.raises(SystemExit) as stop:
         main(["methods", "nosuch"])
     assert stop.value.code == 2
