@@ -131,10 +131,9 @@ def prepare_teachers(
     maps = [tuple(sorted({p for m in methods for p in m.teacher_maps_of(k)})) for k in range(len(teachers))]
     for teacher, paths in zip(teachers, maps, strict=True):  # every refusal before any cache is built
         teacher.check(paths)
-    spec = None
+    spec, a = None, augment_of(cfg.train, hflip, dataset.mean)
     for teacher, paths in zip(teachers, maps, strict=True):
         if t.teacher_mode == "cached":
-            a = augment_of(cfg.train, hflip, dataset.mean)
             spec = CacheSpec(
                 t.views, a.padding, a.hflip, t.view_seed, t.cache_dtype, teacher.has_logits, paths,
                 a if a.beyond_crop_flip else None,
