@@ -310,3 +310,38 @@ def test_cached_views_are_chosen_on_the_host_whatever_the_images_device():
     assert torch.equal(cpu[1:2], want) and torch.equal(
         cpu[0], torch.arange(64, dtype=torch.uint8).view(1, 8, 8)
     )
+
+
+@pytest.mark.parametrize("method", ["crd"])
+def test_stateful_methods_resume_to_the_same_bits(method, digits_teacher, tmp_path, monkeypatch, capsys):
+    """A run killed after epoch 1 and resumed ends with the weights, and the method's state (CRD's
+    memory banks and Z), of the run that was never stopped: the state is in the resume state and
+    each step's draws are a function of (seed, epoch, step)."""
+    from mtkd.engine import trainer as trainer_module
+
+    args = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}, {digits_teacher}]", "--methods",
+            f"[{method}]", "--epochs", "2", "--set", "transfer.views=2", "--set", "output.tensorboard=false"]  # fmt: skip
+    code, _, err = run_cli([*args, "--out", tmp_path / "whole"], capsys)
+    assert code == 0, err
+    original = trainer_module.Trainer._save
+
+    def save_then_crash(self, epoch, row, improved):
+        original(self, epoch, row, improved)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_save", save_then_crash)
+    assert run_cli([*args, "--out", tmp_path / "killed"], capsys)[0] == 130
+    monkeypatch.setattr(trainer_module.Trainer, "_save", original)
+    code, _, err = run_cli([*args, "--out", tmp_path / "killed", "--resume"], capsys)
+    assert code == 0, err
+    a, b = (
+        load_file(str(tmp_path / "whole" / "last.safetensors")),
+        load_file(str(tmp_path / "killed" / "last.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state_a = torch.load(tmp_path / "whole" / "last.state.pt", weights_only=True)["extra"]
+    state_b = torch.load(tmp_path / "killed" / "last.state.pt", weights_only=True)["extra"]
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    if method == "crd":
+        assert {"0.bank_s0", "0.bank_t1", "0.z"} <= set(state_a) and (state_a["0.z"] > 0).all()

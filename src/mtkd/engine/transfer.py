@@ -20,7 +20,7 @@ from mtkd.engine.config import TrainConfig
 from mtkd.engine.trainer import Task, mixed
 from mtkd.errors import MtkdError
 from mtkd.methods import Method, StudentOutputs, TeacherOutputs, build_method
-from mtkd.methods.base import Step, method_class
+from mtkd.methods.base import RunContext, Step, method_class
 from mtkd.models.adapters import OutputsView
 from mtkd.models.hooks import FeatureHooks, check_path
 from mtkd.teachers import CacheSpec, Teacher
@@ -149,10 +149,11 @@ def transfer_task(
     together, is evaluated and saved as the student alone; the methods' parts live in the resume state."""
     student_paths = sorted({p for m in methods for p in m.student_maps()})
     hooks = FeatureHooks(student, student_paths) if student_paths else None
-    step = StudentStep(student, view, methods, hooks, cfg.transfer.ce_weight, cfg.train.label_smoothing)
     unprepared = [t.name for t in teachers if not t.prepared]
     if unprepared:
         raise MtkdError(f"teachers {', '.join(unprepared)} are not prepared: call prepare_teachers first")
+    setup_methods(methods, student, view, hooks, teachers, dataset, cfg.train.seed, device)
+    step = StudentStep(student, view, methods, hooks, cfg.transfer.ce_weight, cfg.train.label_smoothing)
     loss = TransferLoss(teachers, dataset, normalize, cfg, hflip, device)
     if cfg.transfer.teacher_mode == "cached":
         loss.to(device)
@@ -160,6 +161,33 @@ def transfer_task(
     transform = ImageTransform(normalize)
     skips = any(m.may_skip_parameters for m in methods)
     return Task(step, loss, student, transform, student, [{"params": trainable}], methods, skips)
+
+
+def setup_methods(
+    methods: nn.ModuleList, student: nn.Module, view: OutputsView, hooks: FeatureHooks | None,
+    teachers: list[Teacher], dataset: Dataset, seed: int, device: torch.device,
+) -> None:  # fmt: skip
+    """Each method's `setup` with what it needs of the run (RunContext); the shapes of the maps
+    it reads come from one pass of the student (eval mode: nothing learns) and from each teacher
+    (its cache, or one pass), for the methods that ask for them. Whatever they build moves to
+    `device`."""
+    student_shapes: dict[str, tuple[int, ...]] = {}
+    teacher_shapes: list[dict[str, tuple[int, ...]]] = []
+    if any(m.needs_shapes for m in methods):
+        images = dataset.train.images[:2]
+        if hooks is not None:
+            was_training = student.training
+            student.eval()
+            with torch.no_grad():
+                view(torch.zeros(images.shape, device=device))
+            student.train(was_training)
+            student_shapes = {p: tuple(t.shape[1:]) for p, t in hooks.outputs.items()}
+            hooks.outputs.clear()
+        teacher_shapes = [t.map_shapes(images) for t in teachers]
+    run = RunContext(dataset.train.labels, seed, student_shapes, teacher_shapes)
+    for method in methods:
+        method.setup(run)
+    methods.to(device)
 
 
 def build_methods(

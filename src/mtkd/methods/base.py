@@ -44,12 +44,29 @@ FINAL_MAP = "body"  # a teacher's module whose output is its last feature map (T
 
 @dataclass(frozen=True)
 class Step:
-    """Where training is: epoch (from 1) and step (from 0) within it, and the lengths of both."""
+    """Where training is: epoch (from 1) and step (from 0) within it, and the lengths of both;
+    `index`: the training-split rows of this process's batch (methods that keep a state per
+    training image, CRD's memory, read it) and `rank` the process (0 alone)."""
 
     epoch: int = 1
     step: int = 0
     steps_per_epoch: int = 1
     epochs: int = 1
+    index: torch.Tensor | None = None
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may need of the run before it trains (`Method.setup`): the training split's
+    classes, the run's seed (whatever a method draws derives from it, never from the global RNG),
+    and the shape of one image's map at each module path the method reads, the student's and each
+    teacher's (`needs_shapes` methods only)."""
+
+    labels: torch.Tensor  # [N] classes of the training split
+    seed: int = 0
+    student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher_shapes: list[dict[str, tuple[int, ...]]] = field(default_factory=list)
 
 
 class MethodOptions(BaseModel):
@@ -99,6 +116,7 @@ class Method(nn.Module):
     hard_labels: ClassVar[bool] = (
         False  # reads one class per image (labels [B]); else takes soft targets [B, C] too
     )
+    needs_shapes: ClassVar[bool] = False  # setup() needs the shapes of the maps it reads
 
     def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__()
@@ -107,6 +125,10 @@ class Method(nn.Module):
     def logits_of(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits as the method softens them: z-scored with `standardize: true`."""
         return standardized(logits) if getattr(self.options, "standardize", False) else logits
+
+    def setup(self, run: RunContext) -> None:
+        """Called once before training (and before a resume loads its state): build what depends
+        on the run (a memory bank per training image, modules sized by the maps' shapes)."""
 
     def student_maps(self) -> list[str]:
         """Module paths of the student whose outputs this method reads."""

@@ -72,6 +72,15 @@ class Teacher:
         for path in maps:
             check_path(self.net, path, f"teacher {self.name}: ")
 
+    def map_shapes(self, images: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """One image's shape of each map it gives: read from the cache, or (online) from one pass
+        over `images` (uint8 rows as the student sees them)."""
+        if self.cache is not None:
+            return {p: tuple(self.cache.arrays[f"map.{p}"].shape[2:]) for p in self.maps}
+        self.outputs(None, torch.zeros(len(images), dtype=torch.long), images.to(self.device))
+        shapes = {p: tuple(self.hooks.outputs[p].shape[1:]) for p in self.maps} if self.hooks else {}
+        return shapes
+
     def to(self, device: torch.device) -> Teacher:
         """Answer on `device`. A cached teacher keeps its tables there when they fit in a quarter of
         its free memory (CUDA; on the CPU they stay memory-mapped), and its backbone leaves the
