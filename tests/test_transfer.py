@@ -312,7 +312,11 @@ def test_cached_views_are_chosen_on_the_host_whatever_the_images_device():
     )
 
 
-@pytest.mark.parametrize("method", ["crd"])
+REVIEWKD = ("{name: reviewkd, student_layers: [features.4, features.8], "
+            "teacher_layers: [body.features.3, body.features.6], warmup_epochs: 1}")  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["crd", REVIEWKD], ids=["crd", "reviewkd"])
 def test_stateful_methods_resume_to_the_same_bits(method, digits_teacher, tmp_path, monkeypatch, capsys):
     """A run killed after epoch 1 and resumed ends with the weights, and the method's state (CRD's
     memory banks and Z), of the run that was never stopped: the state is in the resume state and
@@ -345,3 +349,22 @@ def test_stateful_methods_resume_to_the_same_bits(method, digits_teacher, tmp_pa
     assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     if method == "crd":
         assert {"0.bank_s0", "0.bank_t1", "0.z"} <= set(state_a) and (state_a["0.z"] > 0).all()
+    else:  # the ABF stacks, sized from the maps when the run started, trained from epoch 2
+        assert "0.stacks.1.2.conv2.0.weight" in state_a
+        rows = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()
+        at = rows[0].split(",").index("train_reviewkd")
+        assert float(rows[1].split(",")[at]) == 0 and float(rows[2].split(",")[at]) > 0
+
+
+def test_crd_and_reviewkd_train_with_online_teachers(digits_teacher, tmp_path, capsys):
+    """Online, the maps' shapes come from one pass of the teacher (no cache to read them from)."""
+    args = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}]", "--methods",
+            f"[crd, {REVIEWKD}]", "--epochs", "1", "--set", "transfer.teacher_mode=online",
+            "--set", "output.tensorboard=false", "--out", tmp_path / "run"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    header, first = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), first.split(","), strict=True))
+    assert (
+        float(values["train_crd"]) > 0 and float(values["train_reviewkd"]) == 0
+    )  # reviewkd: weight 0 in epoch 1
