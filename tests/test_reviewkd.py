@@ -70,7 +70,11 @@ class RefReviewKD(nn.Module):
         out_features, res_features = self.abfs[0](x[0], out_shape=self.out_shapes[0])
         results.append(out_features)
         for features, abf, shape, out_shape in zip(
-            x[1:], self.abfs[1:], self.shapes[1:], self.out_shapes[1:]
+            x[1:],
+            self.abfs[1:],
+            self.shapes[1:],
+            self.out_shapes[1:],
+            strict=False,  # theirs truncates
         ):
             out_features, res_features = abf(features, res_features, shape, out_shape)
             results.insert(0, out_features)
@@ -80,7 +84,7 @@ class RefReviewKD(nn.Module):
 def ref_hcl(fstudent, fteacher):
     """reviewkd.py:160-177."""
     loss_all = 0.0
-    for fs, ft in zip(fstudent, fteacher):
+    for fs, ft in zip(fstudent, fteacher, strict=False):
         n, c, h, w = fs.shape
         loss = F.mse_loss(fs, ft, reduction="mean")
         cnt, tot = 1.0, 1.0

@@ -316,27 +316,31 @@ REVIEWKD = ("{name: reviewkd, student_layers: [features.4, features.8], "
             "teacher_layers: [body.features.3, body.features.6], warmup_epochs: 1}")  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["crd", REVIEWKD], ids=["crd", "reviewkd"])
+@pytest.mark.parametrize("method", ["crd", REVIEWKD, "mtkd_rl"], ids=["crd", "reviewkd", "mtkd_rl"])
 def test_stateful_methods_resume_to_the_same_bits(method, digits_teacher, tmp_path, monkeypatch, capsys):
-    """A run killed after epoch 1 and resumed ends with the weights, and the method's state (CRD's
-    memory banks and Z), of the run that was never stopped: the state is in the resume state and
-    each step's draws are a function of (seed, epoch, step)."""
+    """A run stopped in the middle of epoch 2 and resumed ends with the weights, and the method's
+    state (CRD's memory banks and Z; MTKD-RL's agent and the batches it keeps until it learns), of
+    the run that was never stopped: the state is in the resume state and each step's draws are a
+    function of (seed, epoch, step)."""
     from mtkd.engine import trainer as trainer_module
 
     args = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}, {digits_teacher}]", "--methods",
             f"[{method}]", "--epochs", "2", "--set", "transfer.views=2", "--set", "output.tensorboard=false"]  # fmt: skip
     code, _, err = run_cli([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
-    original = trainer_module.Trainer._save
+    calls = {"n": 0}
 
-    def save_then_crash(self, epoch, row, improved):
-        original(self, epoch, row, improved)
-        if epoch == 1:
-            raise KeyboardInterrupt
+    def stop_in_epoch_2(self, step):
+        calls["n"] += 1
+        return calls["n"] == self.steps_per_epoch + 5  # once 5 steps of epoch 2 are done
 
-    monkeypatch.setattr(trainer_module.Trainer, "_save", save_then_crash)
-    assert run_cli([*args, "--out", tmp_path / "killed"], capsys)[0] == 130
-    monkeypatch.setattr(trainer_module.Trainer, "_save", original)
+    monkeypatch.setattr(trainer_module.Trainer, "_stop_requested", stop_in_epoch_2)
+    code, _, err = run_cli([*args, "--out", tmp_path / "killed"], capsys)
+    assert code == 128 + 15 and "epoch 2, step 5/" in err, err
+    monkeypatch.undo()
+    if method == "mtkd_rl":  # the batches the agent has not learnt from yet are in the saved state
+        kept = torch.load(tmp_path / "killed" / "last.state.pt", weights_only=True)["extra"]["0._extra_state"]
+        assert len(kept["states"]) == len(kept["rewards"]) == 5  # the 5 steps of epoch 2 done
     code, _, err = run_cli([*args, "--out", tmp_path / "killed", "--resume"], capsys)
     assert code == 0, err
     a, b = (
@@ -346,9 +350,12 @@ def test_stateful_methods_resume_to_the_same_bits(method, digits_teacher, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     state_a = torch.load(tmp_path / "whole" / "last.state.pt", weights_only=True)["extra"]
     state_b = torch.load(tmp_path / "killed" / "last.state.pt", weights_only=True)["extra"]
-    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    tensors = [k for k in state_a if isinstance(state_a[k], torch.Tensor)]
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in tensors)
     if method == "crd":
         assert {"0.bank_s0", "0.bank_t1", "0.z"} <= set(state_a) and (state_a["0.z"] > 0).all()
+    elif method == "mtkd_rl":  # the agent learnt at the end of each epoch: nothing kept at the end
+        assert "0.agent.stem.0.weight" in state_a and state_a["0._extra_state"]["states"] == []
     else:  # the ABF stacks, sized from the maps when the run started, trained from epoch 2
         assert "0.stacks.1.2.conv2.0.weight" in state_a
         rows = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()

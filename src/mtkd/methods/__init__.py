@@ -3,7 +3,7 @@
 Importing this package registers every method; `METHODS` maps names to classes.
 """
 
-from mtkd.methods import avg_kd, camkd, crd, dist, dkd, ebkd, features, hint, kd, none, reviewkd  # noqa: F401 - registration
+from mtkd.methods import avg_kd, camkd, crd, dist, dkd, ebkd, features, hint, kd, mtkd_rl, none, reviewkd  # noqa: F401 - registration
 from mtkd.methods.base import (
     METHODS,
     Method,
