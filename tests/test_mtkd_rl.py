@@ -286,3 +286,36 @@ def test_mtkd_rl_keeps_its_agent_and_kept_batches_in_its_state():
     saved["_extra_state"] = {"states": [{"info": torch.zeros(3, 2)}], "rewards": [torch.zeros(3)]}
     with pytest.raises(MtkdError, match="cannot resume"):
         again.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("name", ["camkd", "mtkd_rl"])
+def test_a_student_layer_by_module_path_is_read_as_the_last_map_is(name):
+    """`student_layer` names the student map the embeddings read (default: the last feature map);
+    the embeddings are then sized from its shape when the run starts."""
+    from mtkd.methods.base import RunContext
+
+    g = torch.Generator().manual_seed(4)
+    logits, fmap, teachers, y = _batch(g, 2)
+    for t in teachers:  # camkd's map term reads each teacher's classifier on the embedded map
+        head = nn.Linear(t.maps[FINAL_MAP].shape[1], C).double()
+        t.head = lambda m, head=head: head(m.mean((2, 3)))
+    options = {"feature_weight": 5.0} if name == "camkd" else {}
+    default = build_method(name, options, DS, [20, 16], C).double()
+    by_path = build_method(name, {**options, "student_layer": "blocks.3"}, DS, [20, 16], C)
+    assert by_path.student_maps() == ["blocks.3"] and by_path.needs_shapes and not default.needs_shapes
+    by_path.setup(RunContext(torch.zeros(4, dtype=torch.long), 0, {"blocks.3": (DS, 8, 8)}, []))
+    by_path = by_path.double()
+    by_path.load_state_dict(default.state_dict())
+    step = Step(epoch=3)
+    a = default(StudentOutputs(logits, fmap.mean((2, 3)), fmap=fmap), teachers, y, step)
+    b = by_path(StudentOutputs(logits, fmap.mean((2, 3)), maps={"blocks.3": fmap}), teachers, y, step)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(MtkdError, match="not a \\[C, H, W\\] map"):
+        build_method(name, {**options, "student_layer": "fc"}, DS, [20, 16], C).setup(
+            RunContext(torch.zeros(4, dtype=torch.long), 0, {"fc": (C,)}, [])
+        )
+
+
+def test_camkd_student_layer_is_for_the_map_term_only():
+    with pytest.raises(MtkdError, match="student_layer is read by feature: map only"):
+        build_method("camkd", {"feature": "pooled", "student_layer": "blocks.3"}, DS, [20, 16], C)

@@ -30,13 +30,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mtkd.errors import MtkdError
 from mtkd.methods.base import (
     FINAL_MAP,
     Method,
+    RunContext,
     StandardizeOptions,
     Step,
     StudentOutputs,
@@ -57,6 +58,16 @@ class CAMKDOptions(StandardizeOptions):
     feature_weight: float = Field(50.0, ge=0, description="beta: weight of the feature term (0: none)")
     skip_first_epoch: bool = Field(True, description="leave the feature term out in epoch 1 (published)")
     distance: str = Field("mse", pattern="^(mse|cosine|smooth_l1)$", description="feature: pooled only")
+    student_layer: str | None = Field(
+        None,
+        description="feature: map: the student module path whose map is embedded (default: its last map)",
+    )
+
+    @model_validator(mode="after")
+    def _layer_for_maps(self) -> CAMKDOptions:
+        if self.student_layer is not None and self.feature != "map":
+            raise ValueError("student_layer is read by feature: map only")
+        return self
 
 
 def confidence_weights(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -75,6 +86,28 @@ def embedding(student_channels: int, teacher_channels: int) -> nn.Module:
         nn.BatchNorm2d(teacher_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def embeddings_for(run: RunContext, path: str, teacher_dims: list[int]) -> nn.ModuleList:
+    """An embedding per teacher for the student's map at `path` (its channels read from the run),
+    drawn from the run's seed."""
+    shape = run.student_shapes[path]
+    if len(shape) != 3:
+        raise MtkdError(f"student layer '{path}' gives {shape}, not a [C, H, W] map")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed * 7_919 + 31)
+        return nn.ModuleList(embedding(shape[0], d) for d in teacher_dims)
+
+
+def student_map(student: StudentOutputs, path: str | None, who: str) -> torch.Tensor:
+    """The student's map at `path`, or its last feature map; refused in one line if it is not [B, C, H, W]."""
+    fmap = student.maps.get(path) if path is not None else student.fmap
+    if fmap is None or fmap.dim() != 4:
+        raise MtkdError(
+            f"{who} needs a student whose forward_features gives a [B, C, H, W] map "
+            "(or a student_layer that does)"
+        )
+    return fmap
 
 
 def to_grid(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -96,16 +129,27 @@ class ConfidenceAwareKD(Method):
 
     def __init__(self, options: CAMKDOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__(options, student_dim, teacher_dims, num_classes)
+        self.teacher_dims = list(teacher_dims)
+        # A student layer's channels are known once the run starts (setup); the last map's are student_dim.
+        self.needs_shapes = options.feature == "map" and options.student_layer is not None
         if options.feature_weight == 0:  # no feature term: nothing to train for it (nor for DDP to wait on)
             pass
         elif options.feature == "map":
-            self.embeddings = nn.ModuleList(embedding(student_dim, d) for d in teacher_dims)
+            if not self.needs_shapes:
+                self.embeddings = nn.ModuleList(embedding(student_dim, d) for d in teacher_dims)
         else:
             self.projectors = nn.ModuleList(nn.Linear(student_dim, d) for d in teacher_dims)
 
     def teacher_maps(self) -> list[str]:
         on = self.options.feature == "map" and self.options.feature_weight > 0
         return [FINAL_MAP] if on else []
+
+    def student_maps(self) -> list[str]:
+        return [self.options.student_layer] if self.needs_shapes else []
+
+    def setup(self, run: RunContext) -> None:
+        if self.needs_shapes and self.options.feature_weight > 0:
+            self.embeddings = embeddings_for(run, self.options.student_layer, self.teacher_dims)
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
@@ -131,14 +175,11 @@ class ConfidenceAwareKD(Method):
     def map_term(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor
     ) -> torch.Tensor:
-        if student.fmap is None or student.fmap.dim() != 4:
-            raise MtkdError(
-                "camkd feature: map needs a student whose forward_features gives a [B, C, H, W] map"
-            )
+        fmap = student_map(student, self.options.student_layer, "camkd feature: map")
         ce, mse = [], []
         for embed, teacher in zip(self.embeddings, teachers, strict=True):
             target = teacher.maps[FINAL_MAP]
-            e = embed(to_grid(student.fmap, tuple(target.shape[-2:])))
+            e = embed(to_grid(fmap, tuple(target.shape[-2:])))
             assert teacher.head is not None, "camkd feature: map needs each teacher's classifier"
             ce.append(F.cross_entropy(teacher.head(e), labels, reduction="none"))
             mse.append((e - target).pow(2).flatten(1).mean(1))

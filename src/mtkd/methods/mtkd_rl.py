@@ -59,6 +59,7 @@ from mtkd.methods.base import (
     FINAL_MAP,
     Method,
     MethodOptions,
+    RunContext,
     Step,
     StudentOutputs,
     TeacherOutputs,
@@ -66,7 +67,7 @@ from mtkd.methods.base import (
     register,
     softened,
 )
-from mtkd.methods.camkd import embedding, to_grid
+from mtkd.methods.camkd import embedding, embeddings_for, student_map, to_grid
 
 
 class MTKDRLOptions(MethodOptions):
@@ -76,6 +77,9 @@ class MTKDRLOptions(MethodOptions):
     agent_lr: float = Field(0.1, gt=0, description="learning rate of the agent's SGD")
     dynamic: bool = Field(
         True, description="--dynamic: learn how to mix the agent's weights with the fixed ones"
+    )
+    student_layer: str | None = Field(
+        None, description="the student module path whose map is embedded (default: its last map)"
     )
 
 
@@ -127,7 +131,10 @@ class MTKDRL(Method):
 
     def __init__(self, options: MTKDRLOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__(options, student_dim, teacher_dims, num_classes)
-        self.embeddings = nn.ModuleList(embedding(student_dim, d) for d in teacher_dims)
+        self.teacher_dims = list(teacher_dims)
+        self.needs_shapes = options.student_layer is not None  # its channels: known when the run starts
+        if not self.needs_shapes:
+            self.embeddings = nn.ModuleList(embedding(student_dim, d) for d in teacher_dims)
         self.agent = (
             Policy([d + num_classes + 3 for d in teacher_dims], options.dynamic)
             if len(teacher_dims) > 1
@@ -140,15 +147,21 @@ class MTKDRL(Method):
     def teacher_maps(self) -> list[str]:
         return [FINAL_MAP]
 
+    def student_maps(self) -> list[str]:
+        return [self.options.student_layer] if self.needs_shapes else []
+
+    def setup(self, run: RunContext) -> None:
+        if self.needs_shapes:
+            self.embeddings = embeddings_for(run, self.options.student_layer, self.teacher_dims)
+
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
     ) -> dict[str, torch.Tensor]:
         o = self.options
-        if student.fmap is None or student.fmap.dim() != 4:
-            raise MtkdError("mtkd_rl needs a student whose forward_features gives a [B, C, H, W] map")
+        fmap = student_map(student, o.student_layer, "mtkd_rl")
         logits = student.logits
         trans = [
-            embed(to_grid(student.fmap, tuple(t.maps[FINAL_MAP].shape[-2:])))
+            embed(to_grid(fmap, tuple(t.maps[FINAL_MAP].shape[-2:])))
             for embed, t in zip(self.embeddings, teachers, strict=True)
         ]
         kl = [kl_per_sample(logits, softened(t.logits, o.temperature), o.temperature) for t in teachers]
