@@ -3,7 +3,8 @@ teacher) against the same student alone, building the cache against the bare tea
 forward pass, and the peak memory of each run, all measured side by side in one run.
 
     python benchmarks/bench_transfer.py [--dataset animal-mnist] [--images 6000] [--epochs 3]
-        [--views 2] [--rounds 2] [--methods features,avg_kd]     # also: camkd, hint, dkd, ebkd
+        [--views 2] [--rounds 2] [--methods features,avg_kd]
+        # also: camkd, hint, dkd, ebkd, dist, crd, reviewkd, mtkd_rl
 
 camkd (its published feature term on the teachers' last 1280x3x3 maps) and hint (cnn_small's
 last 64x7x7 map regressed onto the teachers' last maps) read intermediate maps from the cache.
@@ -55,7 +56,13 @@ def _teachers(k: int, num_classes: int) -> list:
 
 
 def _method(name: str, k: int) -> str | dict:
-    """A method by name; hint with cnn_small's last map onto the teachers' last maps (at 96 px)."""
+    """A method by name; hint with cnn_small's last map onto the teachers' last maps (at 96 px);
+    reviewkd with cnn_small's 14x14 and 7x7 maps against each teacher's stride-4 and stride-8
+    stages (24x24 and 12x12 at 96 px)."""
+    if name == "reviewkd":
+        stages = {"mobilenet_v2": ["body.features.3", "body.features.6"]}
+        layers = [stages.get(t, ["body.model.blocks.1", "body.model.blocks.2"]) for t in TEACHERS[:k]]
+        return {"name": "reviewkd", "student_layers": ["features.4", "features.8"], "teacher_layers": layers}
     if name != "hint":
         return name
     return {"name": "hint", "student_layer": "features", "teacher_layer": "body", "student_channels": 64,

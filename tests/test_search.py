@@ -296,3 +296,30 @@ def test_a_grid_with_screen_epochs_reports_how_well_the_screening_ranks(tmp_path
     assert f"{cov / var:+.2f}" in line if var else "n/a" in line
     assert "## The search" not in report and "## Screening the pool" in report
     assert "(best transfer on validation)" in answers["cnn_small"]["q1"]["sentence"]
+
+
+def test_min_teachers_plans_teams_only():
+    """`min_teachers: 2` compares methods on teams: the grid has no single teacher; a method that
+    takes one teacher, or a search that starts from one, is refused in one line."""
+    from mtkd.study.plan import plan
+
+    pool = POOL[:3]
+    base = {"teachers": pool, "methods": ["none", "features", "avg_kd"], "threads": 1, "seeds": [0, 1],
+            "max_teachers": 3, "min_teachers": 2}  # fmt: skip
+    jobs = [j for j in plan(StudyConfig.model_validate(base)) if j.kind == "student"]
+    sets = {(j.info["method"], tuple(j.info["teachers"])) for j in jobs}
+    assert sets == {("none", ())} | {(m, s) for m in ("features", "avg_kd")
+                                     for s in (("c0", "c1"), ("c0", "c2"), ("c1", "c2"), ("c0", "c1", "c2"))}  # fmt: skip
+    assert len(jobs) == 2 * len(sets)
+    with pytest.raises(MtkdError, match="method 'kd' takes at most 1 teacher.*min_teachers is 2"):
+        plan(StudyConfig.model_validate({**base, "methods": ["none", "kd"]}))
+    with pytest.raises(MtkdError, match="min_teachers 4 is above the pool's 3 teachers"):
+        plan(StudyConfig.model_validate({**base, "max_teachers": 4, "min_teachers": 4}))
+    for bad, message in (({"min_teachers": 4}, "min_teachers 4 is above max_teachers 3"),
+                         ({"search": {"strategy": "greedy"}}, "min_teachers is for a grid")):  # fmt: skip
+        with pytest.raises(Exception, match=message):
+            StudyConfig.model_validate({**base, **bad})
+    auto = StudyConfig.model_validate({**base, "teachers": POOL[:5]})  # 5 candidates: a grid all the same
+    from mtkd.study.plan import search_strategy
+
+    assert search_strategy(auto, 5) == "grid"

@@ -99,6 +99,10 @@ class StudyConfig(Section):
         "the first, the others measure the teacher's own seed-to-seed spread for Q2",
     )  # fmt: skip
     max_teachers: int = Field(2, ge=1, le=8, description="combinations of the pool up to this size")
+    min_teachers: int = Field(
+        1, ge=1, le=8,
+        description="combinations of the pool from this size (a grid): 2 compares methods on teams only",
+    )  # fmt: skip
     methods: list[str | dict[str, Any]] = Field(
         default_factory=lambda: ["none", "features"],
         description="transfer methods compared (none is always added); {name:, label:, options}",
@@ -163,6 +167,16 @@ class StudyConfig(Section):
                 "seeds must be a non-empty list of distinct non-negative integers, or {min:, max:}"
             )
         return v
+
+    @model_validator(mode="after")
+    def _team_sizes(self) -> StudyConfig:
+        if self.min_teachers > self.max_teachers:
+            raise ValueError(f"min_teachers {self.min_teachers} is above max_teachers {self.max_teachers}")
+        if self.min_teachers > 1 and self.search.strategy in ("greedy", "halving"):
+            raise ValueError(
+                f"min_teachers is for a grid; search.strategy {self.search.strategy} starts from one teacher"
+            )
+        return self
 
     @model_validator(mode="after")
     def _search_seeds(self) -> StudyConfig:

@@ -28,8 +28,8 @@ class Job:
     info: dict[str, Any] = field(default_factory=dict)  # student, method, teachers, seed
 
 
-def teacher_subsets(labels: list[str], max_size: int) -> list[tuple[str, ...]]:
-    return [s for k in range(1, min(max_size, len(labels)) + 1) for s in combinations(labels, k)]
+def teacher_subsets(labels: list[str], max_size: int, min_size: int = 1) -> list[tuple[str, ...]]:
+    return [s for k in range(min_size, min(max_size, len(labels)) + 1) for s in combinations(labels, k)]
 
 
 def _max_teachers(spec: str | dict) -> int | None:
@@ -151,10 +151,19 @@ def plan(cfg: StudyConfig) -> list[Job]:
     jobs = list(planner.teacher_jobs)
     strategy = search_strategy(cfg, len(planner.candidates))
     if strategy == "grid":
-        subsets = teacher_subsets(planner.candidates, cfg.max_teachers)
+        if cfg.min_teachers > len(planner.candidates):
+            raise MtkdError(
+                f"min_teachers {cfg.min_teachers} is above the pool's {len(planner.candidates)} teachers"
+            )
+        subsets = teacher_subsets(planner.candidates, cfg.max_teachers, cfg.min_teachers)
         for student in planner.students:
             for label, spec in planner.methods:
                 sets = [()] if is_none(spec) else [s for s in subsets if planner.allows(label, len(s))]
+                if not sets:
+                    raise MtkdError(
+                        f"method '{label}' takes at most {_max_teachers(spec)} teacher(s) and min_teachers is "
+                        f"{cfg.min_teachers}: it would have no configuration"
+                    )
                 for subset in sets:
                     jobs += [planner.student(student, label, subset, seed) for seed in cfg.seed_pool]
     else:
@@ -171,10 +180,11 @@ def plan(cfg: StudyConfig) -> list[Job]:
 
 
 def search_strategy(cfg: StudyConfig, candidates: int) -> str:
-    """The strategy a study uses: as asked, or grid for pools of up to 3 candidates, else greedy."""
+    """The strategy a study uses: as asked, or grid for pools of up to 3 candidates (or teams of a
+    least size, min_teachers), else greedy."""
     if cfg.search.strategy != "auto":
         return cfg.search.strategy
-    return "grid" if candidates <= 3 else "greedy"
+    return "grid" if candidates <= 3 or cfg.min_teachers > 1 else "greedy"
 
 
 def _check_names(cfg: StudyConfig, jobs: list[Job]) -> None:

@@ -41,6 +41,12 @@ def _ci(iv: dict) -> str:
 READING = {"above": "above 0", "below": "below 0", "equivalent": "inside ±margin", "unsettled": "not settled"}
 
 
+def _sizes(cfg: StudyConfig) -> str:
+    if cfg.min_teachers > 1:
+        return f"{cfg.min_teachers} to {_plural(cfg.max_teachers, 'teacher')}"
+    return f"up to {_plural(cfg.max_teachers, 'teacher')}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -91,7 +97,7 @@ def _blocks(
     b: list[Block] = [("h1", f"mtkd study: {cfg.name}")]
     b.append(("p", f"Dataset {cfg.data.name}; {_seeds_text(cfg)}; teachers adapted with "
                    f"{_plural(cfg.teacher_seeds, 'seed')} from {cfg.teacher_seed} (the students learn from seed "
-                   f"{cfg.teacher_seed}); combinations of up to {_plural(cfg.max_teachers, 'teacher')}; alpha "
+                   f"{cfg.teacher_seed}); combinations of {_sizes(cfg)}; alpha "
                    f"{cfg.alpha}, equivalence margin ±{cfg.equivalence:.2f} points. Written "
                    f"{time.strftime('%Y-%m-%d %H:%M')} from {len(rows)} finished runs (results.csv)."))  # fmt: skip
     if failures:
