@@ -109,3 +109,23 @@ def test_image_folder(tmp_path):
     (tmp_path / "train" / "c").mkdir()
     with pytest.raises(MtkdError, match="no images"):
         load_dataset(f"folder:{tmp_path}")
+
+
+def test_train_size_keeps_a_stratified_part_of_train_only():
+    from mtkd.engine.config import DataConfig
+    from mtkd.engine.run import open_dataset
+    from mtkd.errors import MtkdError
+
+    whole = open_dataset(DataConfig(name="digits"))
+    part = open_dataset(DataConfig(name="digits", train_size=300))
+    assert len(part.train.labels) == 300
+    assert torch.equal(part.val.labels, whole.val.labels) and torch.equal(part.test.labels, whole.test.labels)
+    counts, full = torch.bincount(part.train.labels), torch.bincount(whole.train.labels)
+    assert ((counts - full * 300 / len(whole.train.labels)).abs() <= 1).all()  # every class in proportion
+    rows = {tuple(r.flatten().tolist()) for r in whole.train.images}
+    assert all(tuple(r.flatten().tolist()) in rows for r in part.train.images)  # rows of train, not val/test
+    again = open_dataset(DataConfig(name="digits", train_size=300))
+    assert torch.equal(again.train.images, part.train.images)
+    assert part.mean != whole.mean  # the statistics of the images it trains on
+    with pytest.raises(MtkdError, match="data.train_size 5000 is not below the 1212 training images of digits"):
+        open_dataset(DataConfig(name="digits", train_size=5000))

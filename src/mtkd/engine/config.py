@@ -27,6 +27,10 @@ class DataConfig(Section):
     data_dir: Path | None = Field(None, description="folder with the dataset's files")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="part of train held out for validation")
     split_seed: int = Field(0, ge=0, description="seed of the validation split")
+    train_size: int | None = Field(
+        None, ge=2, description="keep this many training images (stratified, seeded by split_seed); "
+        "validation and test stay whole",
+    )  # fmt: skip
     download: bool = Field(True, description="download torchvision datasets when missing")
     image_size: int | None = Field(None, ge=4, le=1024, description="resize image-folder datasets to this")
     in_memory: Literal["auto"] | bool = Field(

@@ -18,7 +18,7 @@ from torch import nn
 
 from mtkd.console import Milestones, make_progress, say
 from mtkd.data import Dataset, as_dataset, load_dataset
-from mtkd.data.base import ImageSet
+from mtkd.data.base import ImageSet, channel_stats, stratified_split
 from mtkd.data.batches import Normalize, row_slices
 from mtkd.data.catalog import plugin_named
 from mtkd.data.convert import PYTHON_DATA
@@ -48,9 +48,20 @@ C = TypeVar("C", TrainConfig, TeacherFitConfig)
 
 
 def open_dataset(cfg: DataConfig) -> Dataset:
-    return load_dataset(
+    """The dataset a config names; with `train_size`, a stratified part of its training split."""
+    dataset = load_dataset(
         cfg.name, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.download, cfg.image_size, cfg.in_memory
     )
+    if cfg.train_size is not None:
+        n = len(dataset.train.labels)
+        if cfg.train_size >= n:
+            raise MtkdError(
+                f"data.train_size {cfg.train_size} is not below the {n} training images of {cfg.name}"
+            )
+        _, keep = stratified_split(dataset.train.labels.numpy(), cfg.train_size, cfg.split_seed)
+        dataset.train = dataset.train.subset(keep)
+        dataset.mean, dataset.std = channel_stats(dataset.train.images)  # of the images it trains on
+    return dataset
 
 
 def check_folder(folder: Path, resume: bool) -> None:
