@@ -127,5 +127,7 @@ def test_train_size_keeps_a_stratified_part_of_train_only():
     again = open_dataset(DataConfig(name="digits", train_size=300))
     assert torch.equal(again.train.images, part.train.images)
     assert part.mean != whole.mean  # the statistics of the images it trains on
-    with pytest.raises(MtkdError, match="data.train_size 5000 is not below the 1212 training images of digits"):
+    with pytest.raises(
+        MtkdError, match="data.train_size 5000 is not below the 1212 training images of digits"
+    ):
         open_dataset(DataConfig(name="digits", train_size=5000))

@@ -137,3 +137,21 @@ def test_cuda_mixed_precision_channels_last(tmp_path):
     mtkd(["train", *COMMON, "--epochs", "1", "--device", "cuda", "--set", "train.channels_last=on",
           "--out", run], tmp_path / "home")  # fmt: skip
     assert float(rows(run / "metrics.csv")[0]["val_acc"]) > 0.5
+
+
+def test_crd_and_mtkd_rl_with_two_processes_take_the_first_steps_of_one(tmp_path):
+    """CRD gathers the global batch into its memory banks and draws each image's negatives from the
+    image alone; MTKD-RL's agent averages its gradients over the processes: the first steps of two
+    processes are those of one (MTKD-RL's weights are 1 in the first epoch)."""
+    teacher = tmp_path / "teacher"
+    mtkd(["teacher", "fit", "--dataset", "digits", "--teacher", "mobilenet_v2", "--input-size", "32",
+          "--epochs", "2", "--out", teacher, "--set", "output.tensorboard=false"], tmp_path / "home")  # fmt: skip
+    args = ["train", *COMMON, "--epochs", "1", "--set", "train.sync_bn=true", "--teachers", f"[{teacher}, {teacher}]",
+            "--methods", "[{name: crd, nce_k: 256}, mtkd_rl]", "--set", "transfer.cache_dtype=float32"]  # fmt: skip
+    mtkd([*args, "--out", tmp_path / "one"], tmp_path / "home")
+    mtkd([*args, "--out", tmp_path / "two", "--nproc", "2"], tmp_path / "home")
+    s1, s2 = rows(tmp_path / "one" / "steps.csv"), rows(tmp_path / "two" / "steps.csv")
+    assert len(s2) == 1212 // 64 and set(s2[0]) >= {"ce", "crd", "mtkd_rl_kd", "mtkd_rl_features"}
+    for step in (0, 1, 2):  # the banks and Z after a step, and the next step's scores, agree
+        for key in ("loss", "crd", "mtkd_rl_kd", "mtkd_rl_features"):
+            assert float(s2[step][key]) == pytest.approx(float(s1[step][key]), rel=1e-4), (step, key)

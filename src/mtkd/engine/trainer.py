@@ -395,7 +395,7 @@ class Trainer:
             batch = batch.contiguous(memory_format=torch.channels_last)
         target = y[index.to(y.device, non_blocking=True)].to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
-            where = Step(epoch, step, self.steps_per_epoch, self.schedule.epochs, index, self.place.rank)
+            where = Step(epoch, step, self.steps_per_epoch, self.schedule.epochs, index)
             logits, terms = self.task.loss(self.net, index, batch, target, drawn, where)
             loss = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)

@@ -46,14 +46,13 @@ FINAL_MAP = "body"  # a teacher's module whose output is its last feature map (T
 class Step:
     """Where training is: epoch (from 1) and step (from 0) within it, and the lengths of both;
     `index`: the training-split rows of this process's batch (methods that keep a state per
-    training image, CRD's memory, read it) and `rank` the process (0 alone)."""
+    training image, CRD's memory, read it)."""
 
     epoch: int = 1
     step: int = 0
     steps_per_epoch: int = 1
     epochs: int = 1
     index: torch.Tensor | None = None
-    rank: int = 0
 
 
 @dataclass(frozen=True)

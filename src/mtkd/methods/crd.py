@@ -25,10 +25,11 @@ nce_t 0.07, nce_m 0.5, weight 0.8.
 Several teachers (mtkd's extension; the authors distil from one): an embedding pair and a pair
 of banks per teacher, the mean over teachers of crd_k. The banks, and Z, are buffers: they live
 in the resume state, and the negatives of a step are drawn from a generator seeded by (seed,
-epoch, step, process), so an interrupted run resumes with the same bits. Under torchrun every
-process updates its banks with the whole global batch (gathered), so the banks stay the same
-everywhere, and Z is the mean over the global batch. Memory: 2 x N x feat_dim floats per teacher
-(N = 60,000 images, 128 dims: 61 MB per teacher).
+epoch, step, image), so an interrupted run resumes with the same bits, and under torchrun each
+image gets the negatives it gets in one process. There every process updates its banks with the
+whole global batch (gathered), so the banks stay the same everywhere, and Z is the mean over the
+global batch: the steps are those of one process, up to the order of float sums. Memory:
+2 x N x feat_dim floats per teacher (N = 60,000 images, 128 dims: 61 MB per teacher).
 
 How it computes, not what: <bank[j], v[i]> over all j of the bank as one matrix product, then
 the batch's columns picked, where that reads fewer numbers than gathering B (nce_k + 1) rows
@@ -116,7 +117,9 @@ def mean_everywhere(x: torch.Tensor) -> torch.Tensor:
 
 class Negatives:
     """Draws, for each image, `k` training images of other classes ("exact" mode), uniformly without
-    replacement, or with replacement where its class has fewer than `k` other-class images."""
+    replacement, or with replacement where its class has fewer than `k` other-class images. Each
+    image's draw comes from its own generator, seeded by (salt, image): the same whatever batch, or
+    process, the image is in."""
 
     def __init__(self, labels: torch.Tensor, k: int):
         labels = labels.long().cpu()
@@ -127,26 +130,27 @@ class Negatives:
         self.start = torch.cumsum(counts, 0) - counts  # where each class's block begins in `order`
         self.counts = counts
 
-    def draw(self, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def draw(self, index: torch.Tensor, salt: int) -> torch.Tensor:
         """[B, 1 + k]: each image itself in column 0, then its negatives."""
         index = index.cpu()
-        cls = self.labels[index]
-        others = self.n - self.counts[cls]  # [B]
-        if (others == 0).any():
-            raise MtkdError("method 'crd' needs images of at least two classes")
-        negatives = torch.empty(len(index), self.k, dtype=torch.long)
-        few = others < self.k
-        if few.any():  # with replacement: a uniform position among the other classes' images
-            u = torch.rand(int(few.sum()), self.k, generator=gen, dtype=torch.float64)
-            pos = (u * others[few, None]).long().clamp_max(others[few, None] - 1)
-            pos = pos + self.counts[cls[few], None] * (pos >= self.start[cls[few], None])
-            negatives[few] = self.order[pos]
-        many = ~few
-        if many.any():  # without replacement: the k smallest of random keys, own class excluded
-            keys = torch.rand(int(many.sum()), self.n, generator=gen)
-            keys[self.labels[None, :] == cls[many, None]] = 2.0
-            negatives[many] = keys.topk(self.k, dim=1, largest=False, sorted=False).indices
-        return torch.cat([index[:, None], negatives], 1)
+        out = torch.empty(len(index), 1 + self.k, dtype=torch.long)
+        out[:, 0] = index
+        gen = torch.Generator()
+        for row, i in enumerate(index.tolist()):
+            gen.manual_seed(salt * 1_000_003 + i)
+            c = int(self.labels[i])
+            others = self.n - int(self.counts[c])
+            if others == 0:
+                raise MtkdError("method 'crd' needs images of at least two classes")
+            if others < self.k:  # with replacement: a uniform position among the other classes' images
+                pos = torch.randint(0, others, (self.k,), generator=gen)
+                pos += int(self.counts[c]) * (pos >= int(self.start[c]))
+                out[row, 1:] = self.order[pos]
+            else:  # without replacement: the k smallest of random keys, its own class excluded
+                keys = torch.rand(self.n, generator=gen)
+                keys[self.labels == c] = 2.0
+                out[row, 1:] = keys.topk(self.k, largest=False, sorted=False).indices
+        return out
 
 
 @register
@@ -182,10 +186,9 @@ class CRD(Method):
         self.register_buffer("z", torch.full((self.teachers, 2), -1.0))  # Z_s, Z_t; -1: not set yet
 
     def draw_negatives(self, step: Step) -> torch.Tensor:
-        """This process's [B, 1 + nce_k] contrast indices: a pure function of (seed, epoch, step, rank)."""
+        """This process's [B, 1 + nce_k] contrast indices: a pure function of (seed, epoch, step, image)."""
         assert self.negatives is not None and step.index is not None, "crd: setup() and Step.index first"
-        salt = ((self.seed * 1_000_003 + step.epoch) * 100_003 + step.step) * 1_009 + step.rank
-        return self.negatives.draw(step.index, torch.Generator().manual_seed(salt))
+        return self.negatives.draw(step.index, (self.seed * 1_000_003 + step.epoch) * 100_003 + step.step)
 
     def forward(
         self, student: StudentOutputs, teachers: list[TeacherOutputs], labels: torch.Tensor, step: Step
