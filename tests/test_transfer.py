@@ -363,10 +363,10 @@ def test_stateful_methods_resume_to_the_same_bits(method, digits_teacher, tmp_pa
         assert float(rows[1].split(",")[at]) == 0 and float(rows[2].split(",")[at]) > 0
 
 
-def test_crd_and_reviewkd_train_with_online_teachers(digits_teacher, tmp_path, capsys):
+def test_crd_reviewkd_and_mtkd_rl_train_with_online_teachers(digits_teacher, tmp_path, capsys):
     """Online, the maps' shapes come from one pass of the teacher (no cache to read them from)."""
-    args = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}]", "--methods",
-            f"[crd, {REVIEWKD}]", "--epochs", "1", "--set", "transfer.teacher_mode=online",
+    args = ["train", "--dataset", "digits", "--teachers", f"[{digits_teacher}, {digits_teacher}]", "--methods",
+            f"[crd, {REVIEWKD}, mtkd_rl]", "--epochs", "1", "--set", "transfer.teacher_mode=online",
             "--set", "output.tensorboard=false", "--out", tmp_path / "run"]  # fmt: skip
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
