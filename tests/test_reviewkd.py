@@ -196,3 +196,25 @@ def test_reviewkd_refuses_levels_that_do_not_pair(options, message):
     opts = {"student_layers": list(STUDENT), "teacher_layers": ["t.a", "t.b", "t.c"], **options}
     with pytest.raises(MtkdError, match=message):
         build_method("reviewkd", opts, POOLED_S, POOLED_T[:2], 10)
+
+
+def test_reviewkd_teacher_layers_by_network_name():
+    """A study's teams mix networks: `teacher_layers` keyed by network name serves every team."""
+    by_name = {"mnv2": ["t.a", "t.b", "t.c"], "lite": ["u.a", "u.b", "u.c"]}
+    opts = {"student_layers": list(STUDENT), "teacher_layers": by_name}
+    m = build_method("reviewkd", opts, POOLED_S, POOLED_T[:2], 10)
+    m.teacher_names = ["lite", "mnv2"]
+    assert m.teacher_maps_of(0) == ["u.a", "u.b", "u.c"] and m.teacher_maps_of(1) == ["t.a", "t.b", "t.c"]
+    alone = build_method("reviewkd", opts, POOLED_S, POOLED_T[:1], 10)
+    alone.teacher_names = ["mnv2"]
+    assert alone.layers == [["t.a", "t.b", "t.c"]]
+    other = build_method("reviewkd", opts, POOLED_S, POOLED_T[:1], 10)
+    other.teacher_names = ["resnet18"]
+    with pytest.raises(
+        MtkdError, match="teacher_layers names no layers for resnet18 \\(it has mnv2, lite\\)"
+    ):
+        other.teacher_maps()
+    with pytest.raises(MtkdError, match="3 student_layers but 2 teacher_layers"):
+        build_method(
+            "reviewkd", {**opts, "teacher_layers": {"mnv2": ["t.a", "t.b"]}}, POOLED_S, POOLED_T[:1], 10
+        )

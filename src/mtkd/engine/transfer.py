@@ -212,5 +212,7 @@ def build_methods(
                 f"method '{name}' needs one class per image, which mixup / cutmix take away: "
                 "set train.augment.mixup and cutmix to 0 for it"
             )
-        methods.append(build_method(name, options, student_dim, dims, num_classes, have_logits))
+        method = build_method(name, options, student_dim, dims, num_classes, have_logits)
+        method.teacher_names = [t.arch for t in teachers]
+        methods.append(method)
     return nn.ModuleList(methods)

@@ -120,6 +120,9 @@ class Method(nn.Module):
     def __init__(self, options: MethodOptions, student_dim: int, teacher_dims: list[int], num_classes: int):
         super().__init__()
         self.options = options
+        # Each teacher's network by name (`mobilenet_v2`), set by the run before it asks which maps
+        # to read: options keyed by architecture resolve against it.
+        self.teacher_names: list[str] = []
 
     def logits_of(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits as the method softens them: z-scored with `standardize: true`."""

@@ -56,9 +56,10 @@ class ReviewKDOptions(MethodOptions):
         20.0, gt=0, description="--kd-warm-up: epochs over which the weight rises from 0"
     )
     student_layers: list[str] = Field(..., min_length=1, description="student module paths, shallow to deep")
-    teacher_layers: list[str] | list[list[str]] = Field(
-        ..., description="teacher module paths at the same levels, or one such list per teacher"
-    )
+    teacher_layers: list[str] | list[list[str]] | dict[str, list[str]] = Field(
+        ..., description="teacher module paths at the same levels: one list for every teacher, one list per "
+        "teacher, or a list per teacher network by name ({mobilenet_v2: [...], tf_efficientnet_lite0: [...]})",
+    )  # fmt: skip
     pooled: bool = Field(True, description="add the pooled features as the deepest level (the authors' f4)")
     mid_channels: int | None = Field(
         None, ge=1, description="ABF width (default: min(512, deepest channels))"
@@ -128,20 +129,38 @@ class ReviewKD(Method):
         super().__init__(options, student_dim, teacher_dims, num_classes)
         o, k = options, len(teacher_dims)
         layers = o.teacher_layers
-        per_teacher = layers if layers and isinstance(layers[0], list) else [layers] * k
-        if len(per_teacher) != k:
-            raise MtkdError(
-                f"method 'reviewkd': teacher_layers lists {len(per_teacher)} teachers, the run has {k}"
-            )
-        for paths in per_teacher:
+        if isinstance(layers, dict):
+            lists = list(layers.values())
+        else:
+            lists = layers if layers and isinstance(layers[0], list) else [layers] * k
+            if len(lists) != k:
+                raise MtkdError(
+                    f"method 'reviewkd': teacher_layers lists {len(lists)} teachers, the run has {k}"
+                )
+        for paths in lists:
             if len(paths) != len(o.student_layers):
                 raise MtkdError(
                     f"method 'reviewkd': {len(o.student_layers)} student_layers but {len(paths)} teacher_layers: "
                     "one teacher map for each student map"
                 )
-        self.layers: list[list[str]] = [list(p) for p in per_teacher]
+        self._layers = None if isinstance(layers, dict) else [list(p) for p in lists]
         self.dims = (student_dim, list(teacher_dims))
         self.stacks = nn.ModuleList()  # built by setup, once the maps' shapes are known
+
+    @property
+    def layers(self) -> list[list[str]]:
+        """Each teacher's module paths (by the teacher's network name when keyed so)."""
+        if self._layers is not None:
+            return self._layers
+        by_name = self.options.teacher_layers
+        assert isinstance(by_name, dict)
+        missing = [n for n in self.teacher_names if n not in by_name]
+        if missing or not self.teacher_names:
+            raise MtkdError(
+                f"method 'reviewkd': teacher_layers names no layers for {', '.join(missing) or 'these teachers'} "
+                f"(it has {', '.join(by_name)})"
+            )
+        return [list(by_name[n]) for n in self.teacher_names]
 
     def student_maps(self) -> list[str]:
         return list(self.options.student_layers)

@@ -43,6 +43,12 @@ class Teacher:
         self.prepared = False
         self.device = torch.device("cpu")
 
+    @property
+    def arch(self) -> str:
+        """The teacher's network by name (`mobilenet_v2`; a module's class name), whatever its label."""
+        spec = getattr(self.net, "spec", None)
+        return spec.name if spec is not None else type(getattr(self.net, "module", self.net)).__name__
+
     def prepare(
         self, train: ImageSet, spec: CacheSpec | None, maps: tuple[str, ...], device: torch.device,
         place: Dist = SINGLE,
