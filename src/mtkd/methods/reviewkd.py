@@ -22,6 +22,10 @@ Defaults are the authors' for resnet32x4 -> resnet8x4 (`CIFAR-100/script/reviewK
 outputs before their last ReLU (`preact=True`, train.py:222): name those modules in
 `teacher_layers` to do the same (for example a block's last batch norm).
 
+One difference: their ABF resizes to a square grid when the widths differ (`x.shape[-1]`,
+reviewkd.py:53-54, and `(shape, shape)` at :47); here both sides of the grid are compared and
+kept, the same numbers for square maps (the tests use square ones).
+
 Several teachers (mtkd's extension; the authors distil from one): one ABF stack per teacher, the
 mean over teachers of their losses. The stacks are sized from the maps' shapes when the run starts
 (`setup`), drawn from the run's seed.
