@@ -244,3 +244,29 @@ def cleanup() -> None:
     """Leave the process group (at the end of a command)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- collectives for methods that keep state of their own (CRD's banks, MTKD-RL's agent) --------
+
+
+def world_size() -> int:
+    """Processes in the running torchrun group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gathered(x: torch.Tensor) -> torch.Tensor:
+    """x of every process, stacked along the first dimension in rank order (x itself alone)."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """The mean of x over processes (x itself alone); a new tensor, x is left as it is."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world_size()

@@ -41,10 +41,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as torch_dist
 from pydantic import Field
 from torch import nn
 
+from mtkd.dist import gathered, mean_over_processes
 from mtkd.errors import MtkdError
 from mtkd.methods.base import (
     Method,
@@ -95,24 +95,6 @@ def bank_scores(bank: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch
     if idx.numel() > bank.shape[0]:
         return (v @ bank.detach().clone().t()).gather(1, idx)
     return torch.bmm(bank[idx], v.unsqueeze(2)).squeeze(2)
-
-
-def everyone(x: torch.Tensor) -> torch.Tensor:
-    """x of every process, stacked along the first dimension in rank order (x alone without torchrun)."""
-    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(torch_dist.get_world_size())]
-    torch_dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def mean_everywhere(x: torch.Tensor) -> torch.Tensor:
-    """The mean of a scalar over processes (each holds the mean of an equal share of the batch)."""
-    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
-        return x
-    x = x.clone()
-    torch_dist.all_reduce(x)
-    return x / torch_dist.get_world_size()
 
 
 class Negatives:
@@ -196,7 +178,7 @@ class CRD(Method):
         o = self.options
         feats = student.features
         idx = self.draw_negatives(step).to(feats.device)
-        every_row = everyone(idx[:, 0])
+        every_row = gathered(idx[:, 0])
         n = len(self.bank_s0)
         losses = []
         # In the banks' precision (float32 under autocast too: exp(1 / nce_t) overflows float16).
@@ -208,13 +190,13 @@ class CRD(Method):
                 p_s = torch.exp(bank_scores(bank_t, v_s, idx) / o.nce_t)
                 p_t = torch.exp(bank_scores(bank_s, v_t, idx) / o.nce_t)
                 if self.z[k, 0] < 0:  # first step: Z from the (global) batch, kept from then on
-                    self.z[k, 0] = mean_everywhere(p_s.mean().detach()) * n
-                    self.z[k, 1] = mean_everywhere(p_t.mean().detach()) * n
+                    self.z[k, 0] = mean_over_processes(p_s.mean().detach()) * n
+                    self.z[k, 1] = mean_over_processes(p_t.mean().detach()) * n
                 z = self.z[k].clone()  # (the next teacher's first step writes into self.z)
                 losses.append(nce_loss(p_s / z[0], n) + nce_loss(p_t / z[1], n))
                 with torch.no_grad():
-                    self._move(bank_s, every_row, everyone(v_s.detach()))
-                    self._move(bank_t, every_row, everyone(v_t.detach()))
+                    self._move(bank_s, every_row, gathered(v_s.detach()))
+                    self._move(bank_t, every_row, gathered(v_t.detach()))
         return {"crd": o.weight * torch.stack(losses).mean()}
 
     def _move(self, bank: torch.Tensor, rows: torch.Tensor, v: torch.Tensor) -> None:

@@ -49,11 +49,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from mtkd.dist import mean_over_processes
 from mtkd.errors import MtkdError
 from mtkd.methods.base import (
     FINAL_MAP,
@@ -110,10 +110,6 @@ class Policy(nn.Module):
                 2
             ] * by_cos
         return (logit_w + by_ce + by_kl) / 3.0, (feature_w + by_ce + by_cos) / 3.0
-
-
-def distributed() -> bool:
-    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
 
 
 @register
@@ -231,10 +227,7 @@ class MTKDRL(Method):
                 grads = torch.autograd.grad(loss, params)
                 with torch.no_grad():
                     for p, g in zip(params, grads, strict=True):
-                        if distributed():
-                            torch_dist.all_reduce(g)
-                            g /= torch_dist.get_world_size()
-                        p.sub_(self.options.agent_lr * g)
+                        p.sub_(self.options.agent_lr * mean_over_processes(g))
         self.kept = []
 
     def get_extra_state(self) -> Any:
