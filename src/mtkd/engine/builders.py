@@ -13,9 +13,10 @@ from mtkd.data.augment import Augment, Drawn
 from mtkd.data.base import Dataset
 from mtkd.data.batches import Normalize
 from mtkd.engine.checkpoint import load_weights, read_meta
-from mtkd.engine.config import LoopConfig, TeacherRef
+from mtkd.engine.config import LoopConfig, StudentConfig, TeacherRef
 from mtkd.engine.trainer import Transform
 from mtkd.errors import MtkdError
+from mtkd.models.adapters import final_linear
 from mtkd.models.zoo import create_student
 from mtkd.teachers import ModuleTeacher, Teacher, TeacherNet, TeacherSpec
 from mtkd.teachers.modules import as_teacher, plugin_teacher
@@ -55,6 +56,31 @@ class ImageTransform:
         return self.normalize(x) if self.normalize is not None else x.float() / 255.0
 
 
+def student_groups(student: nn.Module, model: StudentConfig, extra: list[nn.Parameter]) -> list[dict]:
+    """The optimizer's parameter groups of a student (and the methods' `extra` parameters, at the
+    full lr): `model.freeze` prefixes left out, every layer but the classifier at lr x
+    `model.backbone_lr_scale` (one group when that is 1)."""
+    named = dict(student.named_parameters())
+    for prefix in model.freeze:
+        matched = [n for n in named if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            raise MtkdError(
+                f"model.freeze: no parameters under '{prefix}' in {model.name} (names look like '{next(iter(named))}')"
+            )
+        for n in matched:
+            named[n].requires_grad_(False)
+    trainable = [p for p in named.values() if p.requires_grad]
+    if model.backbone_lr_scale == 1:
+        return [{"params": trainable + extra}]
+    get = getattr(student, "get_classifier", None)
+    head_module = get() if callable(get) else student.get_submodule(final_linear(student))
+    head = {id(p) for p in head_module.parameters()}
+    return [
+        {"params": [p for p in trainable if id(p) in head] + extra},
+        {"params": [p for p in trainable if id(p) not in head], "lr_scale": model.backbone_lr_scale},
+    ]
+
+
 def build_model(meta: dict) -> nn.Module:
     """The architecture a checkpoint describes, with random weights."""
     spec, data = meta["model"], meta["data"]
@@ -65,7 +91,10 @@ def build_model(meta: dict) -> nn.Module:
                 f"({spec.get('class', spec['name'][7:])}): load it with mtkd.load_student(path, model=<a module of "
                 "that architecture>), or train it by a registered name (a mtkd.students plugin)"
             )
-        return create_student(spec["name"], len(data["classes"]), data["channels"])
+        name = spec["name"]
+        if name.startswith("hf-hub:") and spec.get("architecture"):  # rebuilt without the Hub
+            name = f"timm:{spec['architecture']}"
+        return create_student(name, len(data["classes"]), data["channels"])
     if meta["kind"] == "teacher":
         known = {f.name for f in fields(TeacherSpec)}
         return TeacherNet(

@@ -143,6 +143,15 @@ class StudentConfig(Section):
         None,
         description="module whose input is the pooled features (default: timm's forward_head, else the last nn.Linear)",
     )
+    pretrained: str = Field(
+        "none",
+        description="none (random init) | auto | offline | hub | path to a weights file: where the student's "
+        "first weights come from (timm students; an hf-hub:ORG/NAME student takes the Hub's)",
+    )  # fmt: skip
+    freeze: list[str] = Field(default_factory=list, description="module path prefixes kept frozen")
+    backbone_lr_scale: float = Field(
+        1.0, ge=0, le=1, description="lr of every layer but the classifier = lr * this"
+    )
 
 
 class TeacherConfig(Section):

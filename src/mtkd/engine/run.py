@@ -30,7 +30,7 @@ from mtkd.device import (
     resolve_precision,
 )
 from mtkd.dist import Dist, setup
-from mtkd.engine.builders import ImageTransform, augment_of, load_teachers
+from mtkd.engine.builders import ImageTransform, augment_of, load_teachers, student_groups
 from mtkd.engine.checkpoint import finish_saves, load_weights, read_meta, save_checkpoint
 from mtkd.engine.config import DataConfig, TeacherFitConfig, TeacherRef, TrainConfig, settled, to_yaml
 from mtkd.engine.trackers import check_trackers
@@ -262,7 +262,7 @@ def _student(
 ) -> tuple[nn.Module, OutputsView, int]:
     """(student on the device, how its outputs are read, its pooled feature width)."""
     built = None if cfg.model.name.startswith("python:") else create_student(
-        cfg.model.name, dataset.num_classes, dataset.channels
+        cfg.model.name, dataset.num_classes, dataset.channels, cfg.model.pretrained
     )  # fmt: skip
     if given.student is not None and built is not None:
         _same_architecture(given.student, built, cfg.model.name)
@@ -334,10 +334,8 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
         task = transfer_task(student, view, methods, teachers, dataset, normalize, cfg, hflip, device)
     else:
         transform = ImageTransform(normalize, augment_of(cfg.train, hflip, dataset.mean), dataset.image_size)
-        params = [p for p in student.parameters() if p.requires_grad]
-        task = classifier_task(
-            student, transform, [{"params": params}], cfg.train.label_smoothing, classes=dataset.num_classes
-        )
+        groups = student_groups(student, cfg.model, [])
+        task = classifier_task(student, transform, groups, cfg.train.label_smoothing, classes=dataset.num_classes)
     _claim(cfg, resume, place, stack)
     meta = {
         "kind": "student",
@@ -345,13 +343,15 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
             "name": cfg.model.name,
             "feature_layer": cfg.model.feature_layer,
             "class": _class_path(student),
+            "architecture": getattr(student, "mtkd_arch", None),
+            "weights_source": getattr(student, "mtkd_weights", None),
         },
         "data": dataset.meta(),
         "config": cfg.model_dump(mode="json"),
     }
     data = FitData(dataset.train.images, dataset.train.labels, dataset.val.images, dataset.val.labels)
     say(
-        f"training {cfg.model.name} ({count_params(student):,} params) on {dataset.name} ({escape(dataset.source)}), {_where(device, place)}"
+        f"training {cfg.model.name} ({count_params(student):,} params{_weights(student)}) on {dataset.name} ({escape(dataset.source)}), {_where(device, place)}"
     )
     if teachers:
         extra = sum(p.numel() for p in methods.parameters())
@@ -365,6 +365,11 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
         return _finish(trainer, dataset.test.images, dataset, meta, result, started)
     finally:
         view.remove()  # the student (a module of the caller's, perhaps) is left as it came, but trained
+
+
+def _weights(student: nn.Module) -> str:
+    source = getattr(student, "mtkd_weights", "random init")
+    return "" if source == "random init" else f", pretrained: {source}"
 
 
 def _class_path(module: nn.Module) -> str:

