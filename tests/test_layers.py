@@ -17,6 +17,7 @@ LEVELS = [
     {"data", "models", "methods"},
     {"teachers"},
     {"engine"},
+    {"deploy"},
     {"study"},
     {"api"},
     {"cli", "mtkd", "__main__"},  # entry points: the package root, the CLI

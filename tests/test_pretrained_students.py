@@ -67,14 +67,20 @@ def test_student_from_a_weights_file(tmp_path):
     made = create_student("cnn_small", 10, 1)
     save_file(made.state_dict(), tmp_path / "w.safetensors")
     loaded = create_student("cnn_small", 10, 1, str(tmp_path / "w.safetensors"))
-    assert all(torch.equal(a, b) for a, b in zip(made.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(made.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
     assert loaded.mtkd_weights == f"file {tmp_path / 'w.safetensors'}"
     with pytest.raises(MtkdError, match="do not fit the model"):
         create_student("cnn_medium", 10, 1, str(tmp_path / "w.safetensors"))
     timm_made = create_student("timm:resnet10t", 7, 3)
     torch.save(timm_made.state_dict(), tmp_path / "r.pth")
     timm_loaded = create_student("timm:resnet10t", 7, 3, str(tmp_path / "r.pth"))
-    assert all(torch.equal(a, b) for a, b in zip(timm_made.state_dict().values(), timm_loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(timm_made.state_dict().values(), timm_loaded.state_dict().values(), strict=True)
+    )
     with pytest.raises(MtkdError, match="do not fit resnet18"):
         create_student("timm:resnet18", 7, 3, str(tmp_path / "r.pth"))
 

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from scipy import stats
 
+import mtkd
 from conftest import run_cli
 from mtkd.study.answers import Reading, answer, q1, q2, q3, unsettled_configs
 from mtkd.study.config import StudyConfig
@@ -230,6 +233,40 @@ def test_study_runs_end_to_end(study):
     assert f"| alone | {len(alone)} | " in (out / "report.md").read_text()
     assert f"{100 * mean:.2f} ± {100 * std:.2f}" in html
     assert all(p.stat().st_size > 1000 for p in (out / "plots").glob("*.png"))
+
+
+def test_the_study_ships_the_student_best_on_validation(study, capsys):
+    """model/ holds the configuration best on validation (mean over seeds) at its seed best on
+    validation, computed here from results.csv; it loads without the run; --report-only rebuilds it."""
+    config, out = study
+    with open(out / "results.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["kind"] == "student"]
+    configs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        configs.setdefault((r["student"], r["method"], r["teachers"]), []).append(r)
+    best = max(configs.values(), key=lambda rs: sum(float(r["val_acc"]) for r in rs) / len(rs))
+    seed_row = max(best, key=lambda r: (float(r["val_acc"]), -int(r["seed"])))
+    shipped = json.loads((out / "results.json").read_text())["model"]
+    assert (shipped["run"], shipped["seed"]) == (seed_row["run"], int(seed_row["seed"]))
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = mtkd.load_student(out / seed_row["run"])(x).detach()
+    torch.testing.assert_close(
+        mtkd.load_student(f"local-dir:{out / 'model'}")(x).detach(), expected, rtol=0, atol=1e-6
+    )
+    assert {p.name for p in (out / "model").iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    card = (out / "model" / "README.md").read_text()
+    assert f"{100 * float(seed_row['test_acc']):.2f}%" in card and f"mtkd study {out / 'study.yaml'}" in card
+    html = (out / "report.html").read_text()
+    assert "<a href='model/README.md'>model/</a>" in html and "The model to ship" in html
+    if (out / "model" / "model.int8.onnx").exists():
+        d = shipped["deployed"]
+        assert f"{100 * d['int8_acc']:.2f}%" in html and "ONNX int8 (onnxruntime)" in html
+    shutil.rmtree(out / "model")
+    code, _, err = run_cli(["study", config, "--report-only"], capsys)
+    assert code == 0, err
+    torch.testing.assert_close(
+        mtkd.load_student(f"local-dir:{out / 'model'}")(x).detach(), expected, rtol=0, atol=1e-6
+    )
 
 
 def test_second_invocation_runs_nothing(study, capsys):

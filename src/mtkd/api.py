@@ -22,6 +22,7 @@ from torch import nn
 
 from mtkd.data import Dataset
 from mtkd.data.convert import PYTHON_DATA
+from mtkd.deploy.hf import is_exported, load_folder
 from mtkd.engine.builders import Normalised, load_deployable
 from mtkd.engine.checkpoint import read_summary
 from mtkd.engine.config import (
@@ -255,12 +256,17 @@ def evaluate(
 def load_student(
     run: str | os.PathLike, *, model: nn.Module | None = None, device: str | torch.device = "cpu"
 ) -> Normalised:
-    """A run's model (its best-on-validation weights) ready for inference: it takes float images
-    in [0, 1], [N, C, H, W], normalises them itself and returns logits; in eval mode. `classes`
-    and `image_size` say what it was trained on. `model`: the architecture of a student that was
-    given from Python as a module (its weights are loaded into it)."""
-    _check(run, (str, os.PathLike), "the run to load", "a run folder or checkpoint path (or a Run)")
+    """A run's model (its best-on-validation weights), or an exported folder's
+    (`local-dir:DIR`, from `mtkd export RUN --format hf` or a study's `model/`), ready for
+    inference: it takes float images in [0, 1], [N, C, H, W], normalises them itself and returns
+    logits; in eval mode. `classes` and `image_size` say what it was trained on. `model`: the
+    architecture of a student that was given from Python as a module (its weights are loaded into it)."""
+    _check(
+        run, (str, os.PathLike), "the run to load", "a run folder, checkpoint path, local-dir:DIR (or a Run)"
+    )
     _check(model, (nn.Module, type(None)), "model", "an nn.Module of the student's architecture (not a name)")
+    if is_exported(os.fspath(run)):
+        return load_folder(os.fspath(run), _device(device))[0]
     net, meta = load_deployable(os.fspath(run), _device(device), model)
     net.classes = list(meta["data"]["classes"])
     net.image_size = tuple(meta["data"]["image_size"])

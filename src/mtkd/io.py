@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise MtkdError(f"cannot write {target}: {exc.strerror or exc} ({kept})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield an empty folder beside `path`; on success its files are fsynced and it takes `path`'s
+    place, so `path` is never half-written. An existing `path` is replaced only when empty or when
+    `replaceable(path)` says it is a folder of the same kind; on failure `path` is left as it was."""
+    import shutil
+
+    from mtkd.errors import MtkdError
+
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or replaceable(path))):
+        raise MtkdError(f"{path} exists and is not a folder mtkd wrote: choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = tmp.with_suffix(".old")
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise MtkdError(f"cannot write {path}: {exc.strerror or exc} (nothing was changed there)") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_dir(folder: Path) -> None:

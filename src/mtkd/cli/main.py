@@ -26,6 +26,7 @@ def _aliases(command: str) -> dict[str, str]:
 
 
 out = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, model: type, aliases: dict[str, str]) -> None:
@@ -199,19 +200,40 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from mtkd.engine.evaluate import predict_files
+    from mtkd.deploy.predict import predict_files, write_predictions
 
-    for row in predict_files(args.checkpoint, args.images, args.device, args.top_k):
-        best = ", ".join(f"{name} {p:.3f}" for name, p in row["top"])
-        out.print(f"{row['file']}: {best}", highlight=False)
+    rows = predict_files(args.model, args.images, args.device, args.top_k, args.batch_size)
+    write_predictions(rows, args.out)
+    if args.out not in (None, "-"):
+        err.print(f"wrote {len(rows)} predictions to {args.out}", highlight=False)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mtkd.engine.export import export_onnx
+    from mtkd.deploy import hf, hub, onnx
 
-    info = export_onnx(args.checkpoint, args.out, args.opset)
+    if args.push is not None:
+        if args.format != "hf":
+            raise MtkdError("--push uploads an exported folder: use it with --format hf")
+        hub.check_repo(args.push)
+    if args.format == "hf":
+        info = hf.export_folder(args.checkpoint, args.out)
+        out.print(f"wrote {info['path']}: config.json, model.safetensors, README.md ({info['library']} "
+                  f"{info['architecture']}; load it with "
+                  + ("timm.create_model(\"local-dir:...\", pretrained=True) or " if info["library"] == "timm" else "")
+                  + "mtkd.load_student(\"local-dir:...\"))", highlight=False)  # fmt: skip
+        if args.push:
+            out.print(f"pushed to {hub.push_folder(args.out, args.push)}", highlight=False)
+        return
+    if args.format == "onnx":
+        info = onnx.export_onnx(args.checkpoint, args.out, args.opset)
+    else:
+        info = onnx.export_int8(args.checkpoint, args.out, args.opset, args.calibration, args.calibrate)
     out.print(f"wrote {info['path']} (input float [N,{info['input'][1]},{info['input'][2]},{info['input'][3]}] "
-              f"in [0,1]); onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e}")  # fmt: skip
+              f"in [0,1]); onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e}", highlight=False)  # fmt: skip
+    if args.format == "onnx-int8":
+        out.print(onnx.int8_table(info))
+        for line in onnx.int8_verdict(info):
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -309,17 +331,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify image files with a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=3)
+    p = sub.add_parser(
+        "predict",
+        help="classify image files and folders with a run, an exported folder or an ONNX file, to CSV",
+    )
+    p.add_argument("model", help="run folder or checkpoint, exported folder (local-dir:DIR), or .onnx file")
+    p.add_argument("images", nargs="+", help="image files, and folders searched recursively")
+    p.add_argument("--out", help="the CSV file to write (default: stdout)")
+    p.add_argument("--top-k", type=int, default=5, help="classes in the top5 column (default 5)")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX, checked with onnxruntime")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p = sub.add_parser(
+        "export", help="ship a run: ONNX, int8 ONNX with its measured cost, or a timm / Hugging Face folder"
+    )
+    p.add_argument("checkpoint", help="a finished run folder or checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx", "onnx-int8", "hf"],
+                   help="onnx; onnx-int8 (also writes NAME.int8.onnx beside it); hf (a folder)")  # fmt: skip
+    p.add_argument(
+        "--out", required=True, help="the .onnx file (onnx, onnx-int8) or the folder (hf) to write"
+    )
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--calibration", type=int, default=512, metavar="N",
+                   help="onnx-int8: training images to calibrate on (default 512)")  # fmt: skip
+    p.add_argument("--calibrate", metavar="NAME",
+                   help="onnx-int8: calibrate on this dataset's training images instead of the run's")  # fmt: skip
+    p.add_argument("--push", nargs="?", const="", metavar="ORG/NAME",
+                   help="hf: upload the folder to this Hugging Face Hub repository")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

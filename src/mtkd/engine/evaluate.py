@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mtkd.data import DATASETS, as_dataset
+from mtkd.data import DATASETS, Dataset, as_dataset
 from mtkd.data.images import image_to_tensor, open_image
 from mtkd.device import pick_device
 from mtkd.engine.builders import load_model
@@ -37,6 +37,29 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
     }
 
 
+def run_dataset(
+    meta: dict, data: Any = None, flag: str = "--data NAME (CLI) or data= (mtkd.evaluate)"
+) -> Dataset:
+    """The dataset a checkpoint was trained on (found again by its name: a named dataset,
+    folder:PATH or a dataset plugin), or `data` (a name, or data from Python as
+    mtkd.data.as_dataset takes it, split as the run's config says), with the run's classes."""
+    data_cfg = DataConfig(**meta["config"]["data"])
+    if data is not None and not isinstance(data, str):
+        dataset = as_dataset(data, data_cfg.name, data_cfg.val_fraction, data_cfg.split_seed)
+    else:
+        if data is not None:
+            data_cfg = data_cfg.model_copy(update={"name": data})
+        elif data_cfg.name not in DATASETS and not data_cfg.name.startswith("folder:"):
+            raise MtkdError(
+                f"{meta['_path']} was trained on data given from Python ('{data_cfg.name}'), which no dataset "
+                f"plugin provides here: pass {flag}"
+            )
+        dataset = open_dataset(data_cfg)
+    if dataset.classes != meta["data"]["classes"]:
+        raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
+    return dataset
+
+
 def evaluate_checkpoint(
     path: str, split: str = "test", device: str = "auto", batch_size: int = 512, data: Any = None,
     model: nn.Module | None = None,
@@ -48,20 +71,7 @@ def evaluate_checkpoint(
     architecture, for a student that was given from Python."""
     dev = pick_device(device)
     model, meta, transform = load_model(path, dev, model)
-    data_cfg = DataConfig(**meta["config"]["data"])
-    if data is not None and not isinstance(data, str):
-        dataset = as_dataset(data, data_cfg.name, data_cfg.val_fraction, data_cfg.split_seed)
-    else:
-        if data is not None:
-            data_cfg = data_cfg.model_copy(update={"name": data})
-        elif data_cfg.name not in DATASETS and not data_cfg.name.startswith("folder:"):
-            raise MtkdError(
-                f"{meta['_path']} was trained on data given from Python ('{data_cfg.name}'), which no dataset "
-                f"plugin provides here: pass --data NAME (CLI) or data= (mtkd.evaluate)"
-            )
-        dataset = open_dataset(data_cfg)
-    if dataset.classes != meta["data"]["classes"]:
-        raise MtkdError(f"dataset {dataset.name} has other classes than the checkpoint was trained on")
+    dataset = run_dataset(meta, data)
     images = dataset.split(split)
     x = images.images
     if meta["model"].get("inputs") == "files":  # a probe-adapted teacher reads the files, as it did

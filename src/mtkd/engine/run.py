@@ -335,7 +335,9 @@ def _train(cfg: TrainConfig, resume: bool, stack: ExitStack, given: Given) -> di
     else:
         transform = ImageTransform(normalize, augment_of(cfg.train, hflip, dataset.mean), dataset.image_size)
         groups = student_groups(student, cfg.model, [])
-        task = classifier_task(student, transform, groups, cfg.train.label_smoothing, classes=dataset.num_classes)
+        task = classifier_task(
+            student, transform, groups, cfg.train.label_smoothing, classes=dataset.num_classes
+        )
     _claim(cfg, resume, place, stack)
     meta = {
         "kind": "student",

@@ -12,10 +12,11 @@ the data's channels (`in_chans`: summed over RGB for grey images).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -117,7 +118,9 @@ def _timm_student(arch: str, num_classes: int, in_chans: int, pretrained: str) -
     if pretrained == "auto":
         pretrained = "offline" if offline is not None and offline.path() is not None else "hub"
     if pretrained == "none":
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans), "random init"
+        return timm.create_model(
+            arch, pretrained=False, num_classes=num_classes, in_chans=in_chans
+        ), "random init"
     if pretrained == "hub":
         model = _hub_call(f"timm:{arch}", lambda: timm.create_model(
             arch, pretrained=True, num_classes=num_classes, in_chans=in_chans
@@ -147,19 +150,31 @@ def _timm_student(arch: str, num_classes: int, in_chans: int, pretrained: str) -
     return model, source
 
 
-def _hub_call(what: str, build: Callable[[], nn.Module]) -> nn.Module:
-    """`build()`, or one line saying what could not be fetched (offline, a missing repository)."""
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """huggingface_hub's retry warnings kept off the terminal: a failure is said once, in one line."""
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
-    hub_log.setLevel(logging.ERROR)  # its retry lines: the failure is said once, below
+    hub_log.setLevel(logging.ERROR)
     try:
-        return build()
-    except Exception as exc:  # noqa: BLE001 - network, hub and missing-repository errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = f"the Hugging Face Hub repository {what[len(HF_HUB):]}" if what.startswith(HF_HUB) else f"{what} weights"
-        raise MtkdError(f"cannot fetch {where} (offline, or no such repository?): {first[:200]}") from None
+        yield
     finally:
         hub_log.setLevel(level)
+
+
+def _hub_call(what: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()`, or one line saying what could not be fetched (offline, a missing repository)."""
+    try:
+        with quiet_hub():
+            return build()
+    except Exception as exc:  # noqa: BLE001 - network, hub and missing-repository errors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = (
+            f"the Hugging Face Hub repository {what[len(HF_HUB) :]}"
+            if what.startswith(HF_HUB)
+            else f"{what} weights"
+        )
+        raise MtkdError(f"cannot fetch {where} (offline, or no such repository?): {first[:200]}") from None
 
 
 def registered_name(module: nn.Module, num_classes: int, in_chans: int) -> str | None:

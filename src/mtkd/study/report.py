@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mtkd.io import atomic_write, read_json
 from mtkd.study import plots
 from mtkd.study.answers import Group, answer, best_by_val, paired, reading_of, student_groups, teacher_rows
 from mtkd.study.config import SeedRange, StudyConfig
+from mtkd.study.deliver import deliver
 from mtkd.study.plan import Job
 from mtkd.study.results import add_latency, collect, run_path, write_results
 from mtkd.study.stats import look_level, mean_std
@@ -233,9 +235,10 @@ def to_markdown(blocks: list[Block], study: Path) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then the one Markdown emphasis the blocks use (**bold**)."""
+    """Escape, then the Markdown the blocks use: **bold** and [links](relative/path)."""
     parts = html.escape(text).split("**")
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    text = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", text)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45;overflow-wrap:anywhere}
@@ -296,10 +299,11 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str], records
         (i for i, (kind, *rest) in enumerate(blocks) if kind == "h2" and rest[0] == "Teachers"),
         len(blocks) - 3,
     )
-    blocks[at:at] = search_blocks(cfg, every, records, answers, study)
+    model = deliver(cfg.name, rows, answers, study)
+    blocks[at:at] = model_blocks(model) + search_blocks(cfg, every, records, answers, study)
     write_results(every, study, {"alpha": cfg.alpha, "equivalence": cfg.equivalence, "looks": cfg.looks,
                                  "level": look_level(cfg.alpha, cfg.looks), "answers": answers, "failures": failures,
-                                 "search": {s: r.to_dict() for s, r in records.items()}})  # fmt: skip
+                                 "search": {s: r.to_dict() for s, r in records.items()}, "model": model})  # fmt: skip
     atomic_write(study / "report.md", to_markdown(blocks, study))
     atomic_write(study / "report.html", to_html(blocks, f"mtkd study: {cfg.name}"))
     for student, a in answers.items():
@@ -315,6 +319,42 @@ def write_report(cfg: StudyConfig, jobs: list[Job], failures: list[str], records
             say(f"  [yellow]warning[/yellow]: {warning}")
     say(f"report: {study / 'report.html'} (also report.md, results.csv, results.json, plots/)")
     return answers
+
+
+def model_blocks(model: dict | None) -> list[Block]:
+    """The model to ship: which run `model/` holds, why, how to load it, and what it costs as
+    PyTorch float32, ONNX float32 and ONNX int8."""
+    if not model:
+        return []
+    b: list[Block] = [("h2", "The model to ship")]
+    if "error" in model:
+        b.append(("p", f"The chosen run ({model['student']}, {model['config']}, seed {model['seed']}) could not be "
+                       f"written to model/: {model['error']}"))  # fmt: skip
+        return b
+    how = ('timm.create_model("local-dir:model", pretrained=True) or mtkd.load_student("local-dir:model")'
+           if model["library"] == "timm" else 'mtkd.load_student("local-dir:model")')  # fmt: skip
+    b.append(("p", f"[model/](model/README.md) holds {model['student']}, {model['config']}, seed {model['seed']}: "
+                   f"the configuration best on validation ({100 * model['config_val_acc']:.2f}% mean over seeds) at its "
+                   f"seed best on validation ({100 * model['val_acc']:.2f}%); the test split chose nothing. Its test "
+                   f"accuracy is {100 * model['test_acc']:.2f}%. Load it with {how}; its README.md is a Hugging Face "
+                   "model card; `mtkd export RUN --format hf --push ORG/NAME` uploads such a folder."))  # fmt: skip
+    d = model.get("deployed")
+    table = [["PyTorch float32", f"{100 * model['test_acc']:.2f}%",
+              f"{model['latency_ms']:.3f}" if model.get("latency_ms") else "", ""]]  # fmt: skip
+    if d:
+        table += [["ONNX float32 (onnxruntime)", f"{100 * d['float_acc']:.2f}%", f"{d['float_ms']:.3f}", f"{d['float_bytes'] / 1e6:.2f} MB"],
+                  ["ONNX int8 (onnxruntime)", f"{100 * d['int8_acc']:.2f}%", f"{d['int8_ms']:.3f}", f"{d['int8_bytes'] / 1e6:.2f} MB"]]  # fmt: skip
+    b.append(
+        ("table", ["the chosen student as", "test acc", "latency ms/image (1 thread)", "file size"], table)
+    )
+    if d:
+        loss = 100 * (d["float_acc"] - d["int8_acc"])
+        b.append(("p", f"**int8 loses {loss:.2f} points of accuracy (more than 1): ship the float file.**" if loss > 1
+                  else f"int8 (static, calibrated on {d['calibration_images']} training images) changes test accuracy "
+                       f"by {-loss:+.2f} points at {d['float_ms'] / d['int8_ms']:.2f}x the float file's speed."))  # fmt: skip
+    else:
+        b.append(("p", "No ONNX files: onnxruntime is not installed (pip install 'mtkd[export]')."))
+    return b
 
 
 def search_blocks(

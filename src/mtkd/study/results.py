@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from mtkd.deploy.latency import median_ms
 from mtkd.engine.checkpoint import read_meta, read_summary
 from mtkd.io import atomic_write, read_json, write_json
 from mtkd.study.config import LatencyConfig
@@ -79,19 +78,7 @@ def measure_latency(folder: Path, cfg: LatencyConfig) -> float:
     model, meta, transform = load_model(str(folder / "best.json"), torch.device("cpu"))
     c, (h, w) = meta["data"]["channels"], meta["data"]["image_size"]
     x = torch.randint(0, 256, (cfg.batch_size, c, h, w), dtype=torch.uint8)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        for _ in range(5):
-            model(transform(x))
-        times = []
-        for _ in range(cfg.repeats):
-            start = time.perf_counter()
-            model(transform(x))
-            times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return 1000.0 * statistics.median(times) / cfg.batch_size
+    return median_ms(lambda: model(transform(x)), cfg.repeats, threads=cfg.threads) / cfg.batch_size
 
 
 def add_latency(rows: list[dict], study: Path, cfg: LatencyConfig) -> None:
