@@ -147,7 +147,7 @@ API_CASES = [
     (lambda: mtkd.evaluate("runs/x", split="dev"), "split must be 'train', 'val' or 'test', got 'dev'"),
     (lambda: mtkd.evaluate("runs/x", model="cnn_small"), "model must be an nn.Module"),
     (lambda: mtkd.evaluate("runs/x", device="xla"), "device 'xla' is not supported"),
-    (lambda: mtkd.load_student(42), "the run to load must be a run folder or checkpoint path"),
+    (lambda: mtkd.load_student(42), "the run to load must be a run folder, checkpoint path, local-dir:DIR"),
     (lambda: mtkd.load_student("runs/x", device="nosuch"), "unknown device 'nosuch'"),
     (lambda: mtkd.load_student("runs/x", device=5), "device must be a device name"),
     (

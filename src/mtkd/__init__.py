@@ -18,21 +18,21 @@ from mtkd.version import __version__
 
 _LAZY = {
     "fit_teacher": "mtkd.api", "train": "mtkd.api", "study": "mtkd.api", "evaluate": "mtkd.api",
-    "load_student": "mtkd.api", "Run": "mtkd.api",
+    "load_student": "mtkd.api", "export": "mtkd.api", "Run": "mtkd.api",
     "ModuleTeacher": "mtkd.teachers.modules", "register_teacher": "mtkd.teachers.modules",
     "register_student": "mtkd.models.students", "create_student": "mtkd.models.zoo",
     "register_method": "mtkd.methods", "register_dataset": "mtkd.data",
 }  # fmt: skip
-_SUBMODULES = {"data", "methods", "models", "teachers", "engine", "study"}
+_SUBMODULES = {"data", "methods", "models", "teachers", "engine", "deploy", "study"}
 
 __all__ = [
-    "ModuleTeacher", "MtkdError", "Run", "__version__", "create_student", "evaluate", "fit_teacher",
+    "ModuleTeacher", "MtkdError", "Run", "__version__", "create_student", "evaluate", "export", "fit_teacher",
     "load_student", "register_dataset", "register_method", "register_student", "register_teacher",
     "study", "train",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
-    from mtkd.api import Run, evaluate, fit_teacher, load_student, study, train
+    from mtkd.api import Run, evaluate, export, fit_teacher, load_student, study, train
     from mtkd.data import register_dataset
     from mtkd.methods import register_method
     from mtkd.models.students import register_student

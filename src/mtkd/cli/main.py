@@ -107,6 +107,17 @@ def cmd_models(args: argparse.Namespace) -> None:
     for row in describe_students():
         students.add_row(row["name"], f"{row['params']:,}", row["description"])
     out.print(students)
+    out.print(
+        "pretrained students (model.pretrained: offline, as installed here): "
+        + ", ".join(
+            f"timm:{r['name']}"
+            for r in describe_teachers()
+            if r["library"] == "timm" and r["offline"] == "yes"
+        )
+        + "; any timm model with pretrained: hub when online, hf-hub:ORG/NAME, or a weights file",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def cmd_methods(args: argparse.Namespace) -> None:

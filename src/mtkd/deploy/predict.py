@@ -104,7 +104,6 @@ def predict_files(
     for flag, value in (("--top-k", top_k), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MtkdError(f"{flag} must be a whole number >= 1, got {value!r}")
-    files = image_files(list(paths))
     source = os.fspath(source)
     if source.endswith(".onnx") and Path(source).is_file():
         classify, classes, channels, size = onnx_model(Path(source))
@@ -112,6 +111,7 @@ def predict_files(
         classify, classes, channels, size = torch_model(source, device)
     if size[0] != size[1]:
         raise MtkdError(f"{source} takes {size[0]}x{size[1]} images; predict reads square ones only")
+    files = image_files(list(paths))
     k = min(top_k, len(classes))
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     rows: list[dict] = []

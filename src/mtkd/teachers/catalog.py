@@ -16,6 +16,7 @@ HUB_EXAMPLES = [
 ]
 OFFLINE_INFO = {
     "mobilenet_v2": ("torchvision", "3.5M", 224),
+    "mobilenetv2_100": ("timm", "3.5M", 224),  # the same network and file, under timm (students too)
     "tf_efficientnet_lite0": ("timm", "4.7M", 224),
     "tf_efficientnet_lite1": ("timm", "5.4M", 240),
     "tf_efficientnet_lite2": ("timm", "6.1M", 260),
