@@ -75,6 +75,7 @@ def atomic_folder(path: str | Path, replaceable: Callable[[Path], bool]) -> Iter
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
+                os.chmod(file, 0o666 & ~_umask())  # some writers make 0600; the user's usual mode
                 with open(file, "rb+") as fh:
                     os.fsync(fh.fileno())
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700

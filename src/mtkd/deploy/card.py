@@ -86,6 +86,7 @@ def _usage(facts: dict, c: int, h: int, w: int) -> list[str]:
         "",
     ]
     mtkd_lines = [
+        *(["# or with mtkd, which normalises for you:"] if facts["library"] == "timm" else []),
         "import mtkd, torch",
         'student = mtkd.load_student("local-dir:PATH/TO/THIS/FOLDER")  # normalises its own input',
         pixels,
