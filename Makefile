@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile scripts/install-data.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -c constraints.txt -e '.[dev,export,trackers,docs]'
+	$(PY) -m pip install -qq -c constraints.txt -e '.[dev,export,trackers,docs,ray]'
 	$(PY) -m pip install -qq --no-deps -c constraints.txt $(OFFLINE)
 	bash scripts/install-data.sh
 	touch $(STAMP)

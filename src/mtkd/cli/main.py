@@ -251,6 +251,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     from mtkd.study.config import load_study_config
     from mtkd.study.runner import run_study
 
+    if args.ray is not None and (args.plan or args.report_only):
+        raise MtkdError("--ray runs the study's jobs: it does not go with --plan or --report-only")
     cfg = load_study_config(args.config, args.set, args.out)
     if args.plan:
         from mtkd.study.runner import write_plan
@@ -258,7 +260,8 @@ def cmd_study(args: argparse.Namespace) -> None:
         for line in write_plan(cfg, args.config, args.nproc_per_run):
             out.print(line, highlight=False, soft_wrap=True)
         return
-    run_study(cfg, workers=args.jobs, report=True, run=not args.report_only, nproc=args.nproc_per_run)
+    run_study(cfg, workers=args.jobs, report=True, run=not args.report_only, nproc=args.nproc_per_run,
+              ray=args.ray)  # fmt: skip
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -386,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nproc-per-run", type=int, default=1, metavar="K",
         help="train each run with K processes (torchrun); with --jobs N, N*K processes at once",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run each job as a Ray task: on the cluster at ADDRESS (auto, ray://host:10001), or on a local "
+        "Ray instance without one (pip install 'mtkd[ray]')",
     )  # fmt: skip
     p.add_argument(
         "--plan", action="store_true",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +154,9 @@ class _Runner:
     (they save their place), and the study ends with Interrupted; running it again continues.
     """
 
-    def __init__(self, cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int):
+    def __init__(self, cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int, launcher: Any = None):
         self.name, self.jobs, self.workers, self.nproc = cfg.name, jobs, workers, nproc
+        self.launcher = launcher  # a RayLauncher (mtkd.study.cluster): runs go to Ray tasks
         self.state = State(Path(cfg.output) / "state.json", jobs)
         self.status = {j.id: job_status(j) for j in jobs}
         self.todo = [j for j in jobs if self.status[j.id] != "done"]
@@ -163,7 +166,9 @@ class _Runner:
         self.slots: dict[str, int] = {}  # running job -> its GPU slot
         self.gpus = visible_gpus()
         self.threads = cfg.threads or 1  # every run's compute threads, whatever `workers` is
-        self.in_process = workers == 1 and nproc == 1
+        self.in_process = workers == 1 and nproc == 1 and launcher is None
+        if launcher is not None:
+            self.workers = len(jobs) or 1  # Ray queues what the cluster cannot take yet
         self.position = self.launched = len(jobs) - len(self.todo)  # finished / started so far
         self.stop = StopRequests()
         for job in jobs:
@@ -193,7 +198,7 @@ class _Runner:
         assert job.config is not None
         run_dir = Path(job.config.output.dir)
         resume = self.status[job.id] == "partial"
-        if not resume and run_dir.exists():
+        if not resume and run_dir.exists() and self.launcher is None:
             shutil.rmtree(run_dir)  # a start that never reached its first checkpoint
         self.state.set(job, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.launched += 1
@@ -211,6 +216,10 @@ class _Runner:
             self.finish(job, None, t0)
             return
         spec = run_dir / "job.yaml"
+        if self.launcher is not None:  # the task writes job.yaml where it starts afresh
+            self.launcher.submit(job, _command(job, spec.resolve(), False, self.nproc), to_yaml(job.config))
+            self.running[job.id] = (None, job, time.time())
+            return
         atomic_write(spec, to_yaml(job.config))
         with open(run_dir / "log.txt", "a") as log:
             # A session of its own: a Ctrl-C reaches the study, which passes it on once.
@@ -222,43 +231,56 @@ class _Runner:
         self.running[job.id] = (proc, job, time.time())
         self.slots[job.id] = slot
 
-    def finish(self, job: Job, error: str | None, t0: float) -> None:
+    def finish(self, job: Job, error: str | None, t0: float, node: str | None = None) -> None:
         self.position += 1
         seconds = round(time.time() - t0, 1)
         n = len(self.jobs)
+        node = node or socket.gethostname()
         if error is None:
             self.finished.add(job.id)
-            self.state.set(job, status="done", seconds=seconds)
+            self.state.set(job, status="done", seconds=seconds, node=node)
             say(f"[{self.position}/{n}] done {job.id}: {_result_line(job)}")
         else:
             self.failed[job.id] = error
-            self.state.set(job, status="failed", error=error, seconds=seconds)
+            self.state.set(job, status="failed", error=error, seconds=seconds, node=node)
             say(f"[{self.position}/{n}] [red]failed[/red] {job.id}: {error}")
 
     def poll(self) -> None:
+        if self.launcher is not None:
+            for job_id, answer, failure in self.launcher.done():
+                _, job, t0 = self.running.pop(job_id)
+                code = answer["returncode"] if answer else None
+                node = f"{answer['host']} ({answer['node'][:12]})" if answer else None
+                if self.stop.signum and (code is None or code != 0):
+                    self.state.set(job, status="interrupted")
+                    continue
+                self.finish(job, failure or (self._log_error(job, code) if code else None), t0, node)
+            return
         for job_id, (proc, job, t0) in list(self.running.items()):
             if proc.poll() is None:
                 continue
             del self.running[job_id]
             self.slots.pop(job_id, None)
-            assert job.config is not None
             if self.stop.signum and proc.returncode > 128:
                 self.state.set(job, status="interrupted")
                 continue
-            error = None
-            if proc.returncode != 0:
-                lines = (
-                    (Path(job.config.output.dir) / "log.txt").read_text(errors="replace").strip().splitlines()
-                )
-                error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix(
-                    "mtkd: error: "
-                )
-            self.finish(job, error, t0)
+            self.finish(job, self._log_error(job, proc.returncode) if proc.returncode else None, t0)
+
+    @staticmethod
+    def _log_error(job: Job, returncode: int) -> str:
+        """A failed run's error: the last line of its log."""
+        assert job.config is not None
+        log = Path(job.config.output.dir) / "log.txt"
+        lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+        return (lines[-1] if lines else f"exit status {returncode}").removeprefix("mtkd: error: ")
 
     def interrupt(self) -> None:
         """Pass the signal on to the running children, wait for them to save, and stop."""
+        if self.launcher is not None:
+            self.launcher.cancel()  # each task passes SIGINT on to its run
         for proc, _, _ in self.running.values():
-            proc.send_signal(self.stop.signum)
+            if proc is not None:
+                proc.send_signal(self.stop.signum)
         while self.running:
             self.poll()
             time.sleep(0.2)
@@ -271,10 +293,12 @@ class _Runner:
     def run(self) -> list[str]:
         n, todo = len(self.jobs), len(self.todo)
         where = "" if self.in_process or not todo else f" on {self.workers} x {self.nproc} processes"
+        if self.launcher is not None and todo:
+            where = self.launcher.describe()
         say(f"study {self.name}: {n} runs, {n - todo} already done, {todo} to run{where}, "
             f"{self.threads} compute thread(s) each")  # fmt: skip
         busy, cores = self.workers * self.nproc * self.threads, os.cpu_count() or 1
-        if todo and not self.in_process and busy > cores:
+        if todo and not self.in_process and busy > cores and self.launcher is None:
             say(f"[yellow]note[/yellow]: {busy} threads on {cores} cores share them; a lower study "
                 "`threads` runs parallel runs faster, and is part of every run's results")  # fmt: skip
         pending = list(self.todo)
@@ -305,9 +329,12 @@ class _Runner:
         return [f"{k}: {v}" for k, v in self.failed.items()]
 
 
-def run_jobs(cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1) -> list[str]:
-    """Run every unfinished job (teachers before the students that need them); returns failures."""
-    return _Runner(cfg, jobs, workers, nproc).run()
+def run_jobs(
+    cfg: StudyConfig, jobs: list[Job], workers: int, nproc: int = 1, launcher: Any = None
+) -> list[str]:
+    """Run every unfinished job (teachers before the students that need them), here or as Ray
+    tasks (`launcher`); returns failures."""
+    return _Runner(cfg, jobs, workers, nproc, launcher).run()
 
 
 def settle(
@@ -380,23 +407,30 @@ def stages(
 
 
 def run_study(
-    cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True, nproc: int = 1
-) -> dict:
-    """Plan, run what is missing, write the report; returns the report's answers."""
+    cfg: StudyConfig, workers: int = 1, report: bool = True, run: bool = True, nproc: int = 1,
+    ray: str | None = None,
+) -> dict:  # fmt: skip
+    """Plan, run what is missing, write the report; returns the report's answers. `ray`: run the
+    jobs as Ray tasks on the cluster at that address ('' starts a local Ray instance)."""
     if workers < 1:
         raise MtkdError(f"--jobs must be >= 1, got {workers}")
     if nproc < 1:
         raise MtkdError(f"--nproc-per-run must be >= 1, got {nproc}")
+    if ray is not None and run:
+        from mtkd.study.cluster import _ray
+
+        _ray()  # one line naming what to install, before anything is written
     folder = Path(cfg.output)
     cfg = settle_study_threads(cfg)
     jobs = plan(cfg)  # every run's config is validated here, before anything runs
     if not run and not (folder / "study.yaml").is_file():
         raise MtkdError(f"{folder}: no study has run there (no study.yaml): nothing to report")
     folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / ".lock", f"study {folder}", wait=False):
+    with file_lock(folder / ".lock", f"study {folder}", wait=False), ExitStack() as stack:
+        launcher = _ray_launcher(cfg, folder, nproc, ray, stack) if run and ray is not None else None
         atomic_write(folder / "study.yaml", to_yaml(cfg))
         wanted, failures, records = stages(
-            cfg, jobs, (lambda some: run_jobs(cfg, some, workers, nproc)) if run else None
+            cfg, jobs, (lambda some: run_jobs(cfg, some, workers, nproc, launcher)) if run else None
         )
         answers: dict = {}
         if report:
@@ -408,6 +442,17 @@ def run_study(
             f"{len(failures)} run(s) failed, first {failures[0]} (state in {folder / 'state.json'})"
         )
     return answers
+
+
+def _ray_launcher(cfg: StudyConfig, folder: Path, nproc: int, address: str, stack: ExitStack) -> Any:
+    """Attach to Ray (a local instance for ''), check the shared storage on every node, and give
+    the runner its launcher; Ray started here stops with the study."""
+    from mtkd.study import cluster
+
+    if cluster.connect(address or None):
+        stack.callback(cluster._ray().shutdown)
+    cluster.announce(cluster.check_storage(folder))
+    return cluster.RayLauncher(cfg, nproc)
 
 
 def study_from(
