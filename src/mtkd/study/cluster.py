@@ -22,12 +22,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from mtkd.console import say
-from mtkd.errors import Interrupted, MtkdError
+from mtkd.errors import MtkdError
 from mtkd.io import atomic_write, cache_dir
 from mtkd.study.config import StudyConfig
 from mtkd.study.plan import Job
@@ -198,18 +197,6 @@ class RayLauncher:
     def cancel(self) -> None:
         for ref in self.refs.values():
             self.ray.cancel(ref, force=False)
-
-    @staticmethod
-    def wait_a_little() -> None:
-        time.sleep(0.2)
-
-
-def interrupted(signame: str, signum: int) -> Interrupted:
-    return Interrupted(
-        f"study stopped by {signame}; finished runs are kept and interrupted ones saved their place: "
-        "run the same command to continue",
-        signum,
-    )
 
 
 def announce(nodes: int) -> None:
