@@ -225,13 +225,15 @@ def train(
 
 
 def study(
-    config: str | os.PathLike | Mapping, *, jobs: int = 1, report_only: bool = False, **options: Any
-) -> dict:
+    config: str | os.PathLike | Mapping, *, jobs: int = 1, report_only: bool = False, ray: str | None = None,
+    **options: Any,
+) -> dict:  # fmt: skip
     """Run (or finish) a study and write its report (`mtkd study`); returns the report's answers.
-    `config`: a study YAML or a mapping of the same shape; options are study keys (`output=`, `seeds=`)."""
+    `config`: a study YAML or a mapping of the same shape; options are study keys (`output=`, `seeds=`).
+    `ray`: run the jobs as Ray tasks on the cluster at that address ('' starts a local Ray instance)."""
     from mtkd.study.runner import study_from
 
-    return study_from(config, jobs=jobs, report_only=report_only, **options)
+    return study_from(config, jobs=jobs, report_only=report_only, ray=ray, **options)
 
 
 def evaluate(

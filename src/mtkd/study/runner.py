@@ -456,8 +456,9 @@ def _ray_launcher(cfg: StudyConfig, folder: Path, nproc: int, address: str, stac
 
 
 def study_from(
-    config: str | os.PathLike | Mapping, *, jobs: int = 1, report_only: bool = False, **options: Any
-) -> dict:
+    config: str | os.PathLike | Mapping, *, jobs: int = 1, report_only: bool = False, ray: str | None = None,
+    **options: Any,
+) -> dict:  # fmt: skip
     """`mtkd.study(...)`: run (or finish) a study from a YAML path or a mapping, with study keys as
     options (`output=`, `seeds=`), write its report, and return its answers."""
     check_type(config, (str, os.PathLike, Mapping), "the study's config", "a YAML path or a mapping")
@@ -467,4 +468,12 @@ def study_from(
         cfg = load_study_config(config, overrides=options)
     else:
         cfg = build_config(StudyConfig, overrides=options, mapping=dict(config))
-    return run_study(cfg, workers=jobs, report=True, run=not report_only)
+    check_type(
+        ray,
+        (str, type(None)),
+        "ray",
+        "a Ray address ('auto', 'ray://host:10001'), '' for a local instance, or None",
+    )
+    if ray is not None and report_only:
+        raise MtkdError("ray runs the study's jobs: it does not go with report_only")
+    return run_study(cfg, workers=jobs, report=True, run=not report_only, ray=ray)
