@@ -434,3 +434,17 @@ def test_parallel_runs_get_gpus_of_their_own(monkeypatch, tmp_path):
     monkeypatch.setattr(runner_module, "visible_gpus", lambda: [])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert "CUDA_VISIBLE_DEVICES" not in runner_module._Runner(cfg, [], workers=2, nproc=1).child_env(1, 1)
+
+
+def test_a_study_without_teachers_plans_the_student_alone(tmp_path):
+    """A pool of none (benchmarks/bench_jobs.py's grid): each seed of the student alone, no error
+    from min_teachers (session 14 refused it)."""
+    from mtkd.study.plan import plan
+
+    cfg = StudyConfig.model_validate({"data": {"name": "digits"}, "methods": ["none"], "seeds": [0, 1],
+                                      "output": str(tmp_path / "s")})  # fmt: skip
+    jobs = plan(cfg)
+    assert [(j.kind, j.info["method"], j.info["seed"]) for j in jobs] == [
+        ("student", "none", 0),
+        ("student", "none", 1),
+    ]

@@ -151,7 +151,7 @@ def plan(cfg: StudyConfig) -> list[Job]:
     jobs = list(planner.teacher_jobs)
     strategy = search_strategy(cfg, len(planner.candidates))
     if strategy == "grid":
-        if cfg.min_teachers > len(planner.candidates):
+        if planner.candidates and cfg.min_teachers > len(planner.candidates):
             raise MtkdError(
                 f"min_teachers {cfg.min_teachers} is above the pool's {len(planner.candidates)} teachers"
             )
