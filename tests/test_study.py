@@ -442,7 +442,7 @@ def test_a_study_without_teachers_plans_the_student_alone(tmp_path):
     from mtkd.study.plan import plan
 
     cfg = StudyConfig.model_validate({"data": {"name": "digits"}, "methods": ["none"], "seeds": [0, 1],
-                                      "output": str(tmp_path / "s")})  # fmt: skip
+                                      "output": str(tmp_path / "s"), "threads": 1})  # fmt: skip
     jobs = plan(cfg)
     assert [(j.kind, j.info["method"], j.info["seed"]) for j in jobs] == [
         ("student", "none", 0),
