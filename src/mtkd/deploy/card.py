@@ -36,6 +36,10 @@ def _metadata(facts: dict, study: dict | None) -> dict:
     return meta
 
 
+def _start(source: str) -> str:
+    return "random weights" if source == "random init" else f"pretrained weights ({source})"
+
+
 def _learned_from(facts: dict) -> str:
     if not facts["teachers"]:
         return "the labels alone (no teachers)"
@@ -140,7 +144,7 @@ def model_card(facts: dict, study: dict | None = None) -> str:
         "",
         f"A small image classifier ({facts['architecture']}, {facts['params']:,} parameters) for "
         f"{len(facts['classes'])} classes of {facts['dataset']}: {classes}. "
-        f"It started from {facts['weights_source']} and learned from {_learned_from(facts)}, "
+        f"It started from {_start(facts['weights_source'])} and learned from {_learned_from(facts)}, "
         f"for {facts['epochs']} epochs on {facts['train_images'] or 'its'} training images.",
         "",
         "## Accuracy",
