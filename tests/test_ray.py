@@ -28,7 +28,7 @@ def _study(root: Path, teacher: Path, name: str) -> Path:
     config.write_text(yaml.safe_dump({
         "output": str(root / name), "data": {"name": "digits"}, "seeds": [0, 1], "threads": 1,
         "methods": ["none", "features"], "teachers": [{"checkpoint": str(teacher)}],
-        "student": {"model": {"name": "cnn_large"}, "schedule": {"epochs": 10},
+        "student": {"model": {"name": "cnn_large"}, "schedule": {"epochs": 6},
                     "train": {"batch_size": 16}},
         "latency": {"repeats": 3},
     }))  # fmt: skip
