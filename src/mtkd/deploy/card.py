@@ -12,7 +12,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def _metadata(facts: dict, study: dict | None) -> dict:
+def _metadata(facts: dict) -> dict:
     acc = facts["test_acc"]  # these weights' accuracy, which evaluating them reproduces (the card adds the seeds' mean)
     tags = ["image-classification", "knowledge-distillation", "mtkd"]
     meta: dict[str, Any] = {}
@@ -137,7 +137,7 @@ def model_card(facts: dict, study: dict | None = None) -> str:
     classes = ", ".join(str(x) for x in facts["classes"])
     lines = [
         "---",
-        yaml.safe_dump(_metadata(facts, study), sort_keys=False).rstrip(),
+        yaml.safe_dump(_metadata(facts), sort_keys=False).rstrip(),
         "---",
         "",
         f"# {facts['student']} on {facts['dataset']}",
