@@ -164,6 +164,8 @@ def test_ray_missing_or_misused_is_one_line(tmp_path, monkeypatch, capsys):
     for extra in (["--plan"], ["--report-only"]):
         code, _, err = run_cli(["study", config, "--ray", *extra], capsys)
         assert code == 2 and "--ray runs the study's jobs: it does not go with --plan or --report-only" in err
+    code, _, err = run_cli(["study", config, "--ray", "--jobs", "2"], capsys)
+    assert code == 2 and "--jobs does not go with --ray" in err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     code, _, err = run_cli(["study", config, "--ray"], capsys)
     lines = err.strip().splitlines()

@@ -253,6 +253,10 @@ def cmd_study(args: argparse.Namespace) -> None:
 
     if args.ray is not None and (args.plan or args.report_only):
         raise MtkdError("--ray runs the study's jobs: it does not go with --plan or --report-only")
+    if args.ray is not None and args.jobs != 1:
+        raise MtkdError(
+            "--jobs does not go with --ray: Ray runs as many runs at once as the cluster's CPUs and GPUs take"
+        )
     cfg = load_study_config(args.config, args.set, args.out)
     if args.plan:
         from mtkd.study.runner import write_plan

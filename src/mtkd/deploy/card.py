@@ -13,7 +13,9 @@ def _pct(x: float) -> str:
 
 
 def _metadata(facts: dict) -> dict:
-    acc = facts["test_acc"]  # these weights' accuracy, which evaluating them reproduces (the card adds the seeds' mean)
+    acc = facts[
+        "test_acc"
+    ]  # these weights' accuracy, which evaluating them reproduces (the card adds the seeds' mean)
     tags = ["image-classification", "knowledge-distillation", "mtkd"]
     meta: dict[str, Any] = {}
     if facts["library"] == "timm":
