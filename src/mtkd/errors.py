@@ -24,6 +24,12 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_type(value: object, kinds: tuple, what: str, expected: str) -> None:
     """A wrong type from Python in one line (a bool is not a number here)."""
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from mtkd.errors import MtkdError
+from mtkd.errors import MtkdError, first_line
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class Registry(Generic[T]):
             try:
                 item = ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin is named, never fatal to others
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 warnings.warn(f"mtkd: cannot load {self.kind} plugin '{ep.name}' ({ep.value}): {first}",
                               stacklevel=2)  # fmt: skip
                 continue

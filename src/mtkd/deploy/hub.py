@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mtkd.errors import MtkdError
+from mtkd.errors import MtkdError, first_line
 from mtkd.models.zoo import quiet_hub
 
 
@@ -39,7 +39,7 @@ def push_folder(folder: str | Path, repo: str, private: bool = False) -> str:
                 commit_message="Upload from mtkd export",
             )
     except Exception as exc:  # noqa: BLE001 - network, authentication and permission errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MtkdError(
             f"cannot push to the Hub repository {repo} (offline, or not logged in: `hf auth login` or HF_TOKEN): "
             f"{first[:200]}; {folder} is kept"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtkd.errors import MtkdError
+from mtkd.errors import MtkdError, first_line
 from mtkd.models.hooks import check_path, student_outputs
 
 
@@ -82,7 +82,7 @@ class OutputsView:
         except MtkdError:
             raise
         except Exception as exc:  # noqa: BLE001 - a user module may raise anything in its forward
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise MtkdError(
                 f"{type(self.model).__name__} cannot take [N, {channels}, {size[0]}, {size[1]}] images: {first}"
             ) from None

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtkd.errors import MtkdError
+from mtkd.errors import MtkdError, first_line
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader error means "not a usable weights file"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MtkdError(f"cannot read weights from {path}: {first}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -25,7 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mtkd.errors import MtkdError
+from mtkd.errors import MtkdError, first_line
 from mtkd.models.pretrained import OFFLINE_WEIGHTS, load_offline, load_strict, offline_state, read_state_dict
 from mtkd.models.students import STUDENTS
 
@@ -144,7 +144,7 @@ def _timm_student(arch: str, num_classes: int, in_chans: int, pretrained: str) -
             arch, pretrained=True, num_classes=num_classes, in_chans=in_chans, pretrained_cfg_overlay=overlay
         )
     except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MtkdError(f"weights from {source} do not fit {arch}: {first[:200]}") from None
     model.pretrained_cfg.pop("state_dict", None)  # the network holds them now
     return model, source
@@ -168,7 +168,7 @@ def _hub_call(what: str, build: Callable[[], nn.Module]) -> nn.Module:
         with quiet_hub():
             return build()
     except Exception as exc:  # noqa: BLE001 - network, hub and missing-repository errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         where = (
             f"the Hugging Face Hub repository {what[len(HF_HUB) :]}"
             if what.startswith(HF_HUB)
@@ -250,7 +250,7 @@ def _from_hub(library: str, arch: str) -> nn.Module:
             return timm.create_model(arch, pretrained=True)
         return torchvision.models.get_model(arch, weights="DEFAULT")
     except Exception as exc:  # noqa: BLE001 - network, hub and missing-weights errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MtkdError(
             f"cannot fetch {library} weights for '{arch}' (offline?): {first[:200]}. "
             "Use an offline teacher (`mtkd models`) or pretrained: PATH"

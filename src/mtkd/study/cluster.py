@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mtkd.console import say
-from mtkd.errors import MtkdError
+from mtkd.errors import MtkdError, first_line
 from mtkd.io import atomic_write, cache_dir
 from mtkd.study.config import StudyConfig
 from mtkd.study.plan import Job
@@ -58,7 +58,7 @@ def connect(address: str | None) -> bool:
         else:
             ray.init(address=address, **options)
     except Exception as exc:  # noqa: BLE001 - connection, version and start-up errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise MtkdError(f"cannot reach {where}: {first[:200]}") from None
     return True
@@ -190,7 +190,7 @@ class RayLauncher:
             try:
                 out.append((job_id, self.ray.get(ref), None))
             except Exception as exc:  # noqa: BLE001 - a worker lost after every retry, a cancelled task
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 out.append((job_id, None, f"Ray task failed after {MAX_RETRIES} retries: {first[:200]}"))
         return out
 
